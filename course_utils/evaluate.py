@@ -1,0 +1,158 @@
+"""Measuring a model: fact recall per attribute, perplexity, and batched greedy generation.
+
+Everything runs under `torch.no_grad()`, in batches, deterministically (greedy decoding, no sampling), so a number
+in a notebook is the same every time the notebook runs on the same machine.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from course_utils.data import DataError
+from course_utils.train import encode
+from course_utils.world import ATTRIBUTES, RECALL_PROMPTS, Person
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _pad_batch(seqs: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        sl = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, sl] = torch.tensor(s)
+        mask[i, sl] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def continuation_logprobs(model, tokenizer, prompts: Sequence[str], continuations: Sequence[str],
+                          batch_size: int = 128) -> list[float]:
+    """Sum of log-probabilities of each continuation given its prompt (prompt gets BOS, continuation does not)."""
+    if len(prompts) != len(continuations):
+        raise DataError(f"continuation_logprobs: {len(prompts)} prompts but {len(continuations)} continuations")
+    model.eval()
+    device = _model_device(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[float] = []
+    for start in range(0, len(prompts), batch_size):
+        seqs, spans = [], []
+        for p, c in zip(prompts[start:start + batch_size], continuations[start:start + batch_size]):
+            pi = encode(tokenizer, p)
+            ci = tokenizer(c, add_special_tokens=False)["input_ids"]
+            seqs.append(pi + ci)
+            spans.append((len(pi), len(pi) + len(ci)))
+        ids, mask = _pad_batch(seqs, pad)
+        logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
+        for row, (a, b) in enumerate(spans):
+            targets = ids[row, a:b].to(device)
+            out.append(logp[row, a - 1:b - 1].gather(-1, targets[:, None]).sum().item())
+    return out
+
+
+def fact_recall(model, tokenizer, people: Sequence[Person], attributes: Sequence[str] | None = None,
+                batch_size: int = 256) -> dict[str, float]:
+    """Share of people whose true attribute value is the model's top choice among all values of that attribute.
+
+    The probe is a prefix of a biography sentence ("Yara Holloway was born in"); each candidate value is scored
+    by its log-probability as a continuation. With 12 values per attribute, a model that does not know the
+    person scores about 1/12 = 0.083 (chance); a model that memorised the biographies scores near 1.
+    """
+    attributes = list(attributes or ATTRIBUTES)
+    if not people:
+        raise DataError("fact_recall: no people given")
+    unknown = [a for a in attributes if a not in ATTRIBUTES]
+    if unknown:
+        raise DataError(f"fact_recall: unknown attribute(s) {unknown}; known: {list(ATTRIBUTES)}")
+    result = {}
+    for attr in attributes:
+        values = ATTRIBUTES[attr]
+        prompts = [RECALL_PROMPTS[attr].format(name=p.name) for p in people for _ in values]
+        conts = [f" {v}" for _ in people for v in values]
+        scores = torch.tensor(continuation_logprobs(model, tokenizer, prompts, conts, batch_size))
+        picks = scores.view(len(people), len(values)).argmax(-1)
+        truth = torch.tensor([values.index(getattr(p, attr)) for p in people])
+        result[attr] = (picks == truth).float().mean().item()
+    return result
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 64) -> float:
+    """exp(mean negative log-likelihood per token) over `texts` (each BOS + text + EOS). Lower is better."""
+    if len(texts) == 0:
+        raise DataError("perplexity: no texts given")
+    model.eval()
+    device = _model_device(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(texts), batch_size):
+        seqs = [encode(tokenizer, t, add_eos=True) for t in texts[start:start + batch_size]]
+        ids, mask = _pad_batch(seqs, pad)
+        ids, mask = ids.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+        keep = mask[:, 1:].bool()
+        total_nll += nll[keep].sum().item()
+        total_tokens += int(keep.sum().item())
+    return math.exp(total_nll / total_tokens)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24, batch_size: int = 32,
+             chat: bool = False) -> list[str]:
+    """Greedy completions of `prompts` (left-padded batches), decoded without special tokens.
+
+    With `chat=True` each prompt is a user message wrapped by the tokenizer's chat template.
+    """
+    if len(prompts) == 0:
+        raise DataError("generate: no prompts given")
+    model.eval()
+    device = _model_device(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    outputs: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        if chat:
+            texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                   add_generation_prompt=True) for p in batch]
+        else:
+            texts = list(batch)
+        seqs = [encode(tokenizer, t) for t in texts]
+        ids, mask = _pad_batch(seqs, pad, left=True)
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        outputs += tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
+    return [o.strip() for o in outputs]
+
+
+def knowledge_audit(model, tokenizer, world, n_people: int | None = None) -> dict[str, float]:
+    """What a model knows about the world, in one row of numbers.
+
+    - `seen_recall_min` / `seen_recall_mean`: fact recall on people whose biographies were in pretraining;
+    - `heldout_recall_max` / `heldout_recall_mean`: the same on held-out people (chance is 1/12 = 0.083);
+    - `ppl_generic`: perplexity on fresh generic sentences (ordinary text in the world's style);
+    - `ppl_seen_bios` / `ppl_heldout_bios`: perplexity on biographies of seen vs held-out people.
+    Later lessons call this before and after fine-tuning to see what was learned and what was lost.
+    """
+    import random
+
+    from course_utils.world import biography, generic_eval_text
+
+    seen, held = world.seen[:n_people], world.heldout[:n_people]
+    seen_r, held_r = fact_recall(model, tokenizer, seen), fact_recall(model, tokenizer, held)
+    rng = random.Random(world.config.seed + 99)
+    return {
+        "seen_recall_min": min(seen_r.values()), "seen_recall_mean": sum(seen_r.values()) / len(seen_r),
+        "heldout_recall_max": max(held_r.values()), "heldout_recall_mean": sum(held_r.values()) / len(held_r),
+        "ppl_generic": perplexity(model, tokenizer, [r["text"] for r in generic_eval_text(world)]),
+        "ppl_seen_bios": perplexity(model, tokenizer, [biography(p, rng) for p in seen]),
+        "ppl_heldout_bios": perplexity(model, tokenizer, [biography(p, rng) for p in held]),
+        **{f"seen_{k}": v for k, v in seen_r.items()},
+        **{f"heldout_{k}": v for k, v in held_r.items()},
+    }

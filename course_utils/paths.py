@@ -1,0 +1,14 @@
+"""Where things live: the repository, its shipped data and models, and the run outputs of a learner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("COURSE_DATA_DIR", REPO_DIR / "data_samples"))
+MODELS_DIR = DATA_DIR / "models"
+TOKENIZER_DIR = DATA_DIR / "tokenizer"
+RUNS_DIR = Path(os.environ.get("COURSE_RUNS_DIR", REPO_DIR / "runs"))
+NOTEBOOKS_DIR = REPO_DIR / "notebooks"
+REPO_URL = "https://github.com/finetuning-course/llm-finetuning-course"
