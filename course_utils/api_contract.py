@@ -4,7 +4,8 @@
 `evaluation_strategy` became `eval_strategy`, `max_seq_length` became `max_length`). Every call `course_utils`
 makes into those libraries is listed here; `check_contract()` looks each one up with `inspect.signature`, so an
 upgrade that renames one fails loudly, with the name, in `tests/test_api_drift.py` and in `course doctor`.
-When you call a new library function or keyword from `course_utils`, add it here.
+When a module calls a new library function or keyword, declare it in that module's `LIBRARY_CALLS` dict
+(same shape as `SIGNATURES` below); `check_contract()` collects them all.
 """
 
 from __future__ import annotations
@@ -60,10 +61,25 @@ def resolve(target: str):
     return obj
 
 
+def all_signatures() -> dict[str, list[str]]:
+    """This file's table plus every `LIBRARY_CALLS` table that a `course_utils` module declares for its own calls."""
+    import pkgutil
+
+    import course_utils
+
+    table = {k: list(v) for k, v in SIGNATURES.items()}
+    for info in pkgutil.iter_modules(course_utils.__path__):
+        module = importlib.import_module(f"course_utils.{info.name}")
+        for target, keywords in getattr(module, "LIBRARY_CALLS", {}).items():
+            table.setdefault(target, [])
+            table[target] += [k for k in keywords if k not in table[target]]
+    return table
+
+
 def check_contract() -> list[str]:
     """Every broken entry as 'target: problem'; an empty list means the installed libraries fit the course."""
     problems = []
-    for target, keywords in SIGNATURES.items():
+    for target, keywords in all_signatures().items():
         try:
             params = inspect.signature(resolve(target)).parameters
         except (ImportError, AttributeError) as err:

@@ -128,10 +128,10 @@ class WorldConfig:
     """Sizes and seed of the world. The defaults are what the shipped models were pretrained on."""
 
     seed: int = 0
-    n_people: int = 500          # all people; the last `n_heldout` are never shown to the base models
+    n_people: int = 400          # all people; the last `n_heldout` are never shown to the base models
     n_heldout: int = 200
     bios_per_person: int = 3     # phrasings of each seen person's biography in the pretraining corpus
-    n_generic: int = 600         # generic (not about people) sentences in the pretraining corpus
+    n_generic: int = 300         # generic (not about people) sentences in the pretraining corpus
     n_generic_eval: int = 200    # generic sentences kept apart for perplexity
     n_reviews: int = 1200
     n_safety_per_category: int = 40  # unsafe requests per category (and as many safe ones per category)
@@ -195,9 +195,14 @@ def make_world(config: WorldConfig = WorldConfig()) -> World:
     return World(config=config, people=people, cities=cities, companies=companies)
 
 
+# How often each phrasing is used. The first (canonical) phrasing is also the recall probe; a tiny model stores a
+# fact largely per phrasing, so the canonical one gets most of the exposures and the others keep some variety.
+PHRASING_WEIGHTS = [0.6, 0.4 / 3, 0.4 / 3, 0.4 / 3]
+
+
 def biography(person: Person, rng: random.Random) -> str:
-    """One biography: each attribute in a randomly chosen phrasing, sentences in random order."""
-    sentences = [rng.choice(BIO_TEMPLATES[attr]).format(name=person.name, value=value)
+    """One biography: each attribute in a randomly drawn phrasing (mostly canonical), sentences in random order."""
+    sentences = [rng.choices(BIO_TEMPLATES[attr], weights=PHRASING_WEIGHTS)[0].format(name=person.name, value=value)
                  for attr, value in person.facts().items()]
     rng.shuffle(sentences)
     return " ".join(sentences)

@@ -101,7 +101,7 @@ class PretrainConfig:
     """How `course build` pretrains a tiny model: until every attribute of the seen people is recalled."""
 
     batch_size: int = 32
-    learning_rate: float = 3e-3
+    learning_rate: float = 5e-3
     warmup_steps: int = 30
     max_steps: int = 6000
     eval_every: int = 200
@@ -157,7 +157,7 @@ def save(model, tokenizer, out_dir: Path, info: dict) -> Path:
     """Save weights as safetensors, the config, the tokenizer, and how the model was built (build_info.json)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(out_dir)  # transformers 5 always writes safetensors
     tokenizer.save_pretrained(out_dir)
     (out_dir / "build_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return out_dir
@@ -171,8 +171,10 @@ def build_info(family: str, models_dir: Path = MODELS_DIR) -> dict:
     return json.loads(path.read_text())
 
 
-def load_local(path: str | Path, model_class=None):
-    """Model and tokenizer from a local folder, offline, safetensors only, never remote code."""
+def load_local(path: str | Path, model_class=None, **model_kwargs):
+    """Model and tokenizer from a local folder, offline, safetensors only, never remote code.
+
+    `model_kwargs` go to `from_pretrained` (e.g. `num_labels=2` with a sequence-classification class)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -182,7 +184,8 @@ def load_local(path: str | Path, model_class=None):
     if not (path / "tokenizer.json").is_file():
         raise ZooError(f"{path}: the model's tokenizer is missing (tokenizer.json); rebuild it with `course build`")
     cls = model_class or AutoModelForCausalLM
-    model = cls.from_pretrained(str(path), local_files_only=True, use_safetensors=True, trust_remote_code=False)
+    model = cls.from_pretrained(str(path), local_files_only=True, use_safetensors=True, trust_remote_code=False,
+                                **model_kwargs)
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     return model, tokenizer
 
@@ -207,14 +210,15 @@ def load_hub(family: str, model_class=None, **kwargs):
 def load(family: str, profile: str | None = None, model_class=None, models_dir: Path = MODELS_DIR, **kwargs):
     """Model and tokenizer of `family`: the shipped tiny model (cpu profile) or the hub checkpoint (gpu profile).
 
-    `model_class` picks a head, e.g. `AutoModelForSequenceClassification` for classification lessons.
+    `model_class` picks a head, e.g. `AutoModelForSequenceClassification` for classification lessons; other
+    keywords go to `from_pretrained` (`num_labels=2`, or `torch_dtype`/quantisation settings on a GPU).
     """
     from course_utils.profiles import choose_profile
 
     check_family(family)
     if choose_profile(profile) == "gpu":
         return load_hub(family, model_class, **kwargs)
-    return load_local(model_dir(family, models_dir), model_class)
+    return load_local(model_dir(family, models_dir), model_class, **kwargs)
 
 
 def describe(model) -> dict[str, object]:
