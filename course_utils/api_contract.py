@@ -19,7 +19,7 @@ SIGNATURES: dict[str, list[str]] = {
         "output_dir", "report_to", "save_strategy", "logging_strategy", "logging_steps",
         "per_device_train_batch_size", "learning_rate", "lr_scheduler_type", "warmup_steps", "seed", "data_seed",
         "use_cpu", "dataloader_num_workers", "disable_tqdm", "remove_unused_columns", "max_steps",
-        "weight_decay"],
+        "weight_decay", "lr_scheduler_kwargs"],
     "transformers:Trainer.__init__": ["model", "args", "train_dataset", "data_collator", "callbacks"],
     "transformers:TrainerCallback.on_step_end": ["args", "state", "control"],
     "transformers:DataCollatorForSeq2Seq": ["tokenizer", "padding", "label_pad_token_id"],

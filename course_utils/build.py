@@ -35,9 +35,13 @@ def build_tokenizer(out_dir: Path = DATA_DIR, config: W.WorldConfig = W.WorldCon
     return tok
 
 
-def build_models(families: Sequence[str], out_dir: Path = DATA_DIR, smoke: bool = False,
+def build_models(families: Sequence[str], out_dir: Path = DATA_DIR, smoke: bool = False, resume: bool = False,
                  config: W.WorldConfig = W.WorldConfig(), log: Callable[[str], None] = print) -> dict[str, dict]:
-    """Pretrain each family on the world corpus and save it under `out_dir/models/<family>`."""
+    """Pretrain each family through `zoo.PRETRAIN_STAGES` and save it under `out_dir/models/<family>`.
+
+    After each stage the model is saved with its history, so an interrupted build loses at most one stage;
+    `resume=True` continues from the saved model with the stages it has not finished yet.
+    """
     import torch
 
     from course_utils import zoo
@@ -48,19 +52,39 @@ def build_models(families: Sequence[str], out_dir: Path = DATA_DIR, smoke: bool 
     tok = load_tokenizer(out_dir / "tokenizer")
     world = W.make_world(config)
     corpus = [r["text"] for r in W.pretraining_corpus(world)]
-    pre = zoo.PretrainConfig()
+    stages = list(zoo.PRETRAIN_STAGES)
     if smoke:
-        pre = replace(pre, max_steps=12, eval_every=6, batch_size=8)
+        stages = [replace(st, max_steps=6, eval_every=3, batch_size=8) for st in stages]
     results = {}
     for family in families:
-        seed_everything(pre.seed)
-        model = zoo.build_model(family, tok, seed=pre.seed)
-        log(f"== {family}: {zoo.count_parameters(model):,} parameters")
-        info = zoo.pretrain(model, tok, corpus, world.seen, pre, log=log)
-        info.update(family=family, parameters=zoo.count_parameters(model), world=asdict(config),
-                    torch=torch.__version__, transformers=package_version("transformers"), smoke=smoke,
-                    heldout_recall=_heldout_recall(model, tok, world))
-        zoo.save(model, tok, zoo.model_dir(family, out_dir / "models"), info)
+        folder = zoo.model_dir(family, out_dir / "models")
+        info: dict = {"stages": []}
+        if resume and (folder / "build_info.json").is_file():
+            model, _ = zoo.load_local(folder)
+            info = zoo.build_info(family, out_dir / "models")
+            info.setdefault("stages", [{"steps": info["steps"], "seconds": info["seconds"],
+                                        "config": info["config"], "history": info["history"]}])
+        else:
+            seed_everything(stages[0].seed)
+            model = zoo.build_model(family, tok, seed=stages[0].seed)
+        log(f"== {family}: {zoo.count_parameters(model):,} parameters, {len(info['stages'])} stage(s) done")
+        for stage in stages[len(info["stages"]):]:
+            seed_everything(stage.seed)
+            done = zoo.pretrain(model, tok, corpus, world.seen, stage, log=log)
+            offset = sum(st["steps"] for st in info["stages"])
+            for h in done["history"]:
+                h["step"] += offset
+            info["stages"].append(done)
+            info.update(family=family, parameters=zoo.count_parameters(model), world=asdict(config),
+                        torch=torch.__version__, transformers=package_version("transformers"), smoke=smoke,
+                        steps=offset + done["steps"], seconds=round(sum(st["seconds"] for st in info["stages"]), 1),
+                        final_recall=done["final_recall"],
+                        history=[h for st in info["stages"] for h in st["history"]],
+                        config=[st["config"] for st in info["stages"]],
+                        heldout_recall=_heldout_recall(model, tok, world))
+            zoo.save(model, tok, folder, info)
+            if min(done["final_recall"].values()) >= stage.target_recall:
+                break
         results[family] = info
     return results
 
@@ -72,7 +96,7 @@ def _heldout_recall(model, tok, world: W.World) -> dict[str, float]:
 
 
 def build_all(families: Sequence[str], out_dir: Path = DATA_DIR, smoke: bool = False, data_only: bool = False,
-              log: Callable[[str], None] = print) -> dict:
+              resume: bool = False, log: Callable[[str], None] = print) -> dict:
     """Data, tokenizer, then models. The smoke build uses a fresh folder so the shipped files stay untouched."""
     out_dir = Path(out_dir)
     if smoke and out_dir.resolve() == DATA_DIR.resolve():
@@ -83,7 +107,7 @@ def build_all(families: Sequence[str], out_dir: Path = DATA_DIR, smoke: bool = F
         return {}
     if not (out_dir / "tokenizer" / "tokenizer.json").is_file() or smoke:
         build_tokenizer(out_dir)
-    results = build_models(families, out_dir, smoke=smoke, log=log)
+    results = build_models(families, out_dir, smoke=smoke, resume=resume, log=log)
     summary = {f: {"steps": r["steps"], "seconds": r["seconds"], "recall": r["final_recall"]} for f, r in results.items()}
     log(json.dumps(summary, indent=2))
     return results

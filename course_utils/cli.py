@@ -42,6 +42,10 @@ def doctor_checks(gpu: bool = False) -> list[tuple[bool, str]]:
     for name, want in pinned_requirements().items():
         have = package_version(name)
         checks.append((have == want, f"{name} {have} (pinned {want})"))
+    from course_utils.api_contract import check_contract
+
+    drift = check_contract()
+    checks.append((not drift, "library API contract" + (": " + "; ".join(drift) if drift else " (every call course_utils makes)")))
     torch_version = package_version("torch")
     checks.append((torch_version != "not installed", f"torch {torch_version} (tested on 2.13 CPU)"))
     for name in ["people.jsonl", *DATA_FILES]:
@@ -76,7 +80,8 @@ def cmd_build(args) -> int:
 
     set_offline(True)
     families = [check_family(f) for f in (args.family or FAMILIES)]
-    build_all(families, Path(args.out) if args.out else DATA_DIR, smoke=args.smoke, data_only=args.data_only)
+    build_all(families, Path(args.out) if args.out else DATA_DIR, smoke=args.smoke, data_only=args.data_only,
+              resume=args.resume)
     return 0
 
 
@@ -103,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--smoke", action="store_true", help="a few steps only, into --out (CI's check of the builder)")
     b.add_argument("--data-only", action="store_true", help="only the data_samples/*.jsonl files")
     b.add_argument("--out", help="output folder (default: data_samples/)")
+    b.add_argument("--resume", action="store_true", help="continue saved models with the stages they have not done")
     b.set_defaults(func=cmd_build)
     r = sub.add_parser("run", help="execute lessons in order and measure them")
     r.add_argument("lessons", nargs="*", help="lesson numbers or names (default: all)")

@@ -128,6 +128,7 @@ def setup(profile: str | None = None, seed: int = 0, quiet: bool = False) -> Env
     set_offline(chosen == "cpu")
     seed_everything(seed)
     hf_logging.set_verbosity_error()  # keep notebooks readable: no config chatter, errors still raise
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars for a 1 M-parameter model
     env = Environment(profile=chosen, device="cuda" if chosen == "gpu" else "cpu", seed=seed,
                       offline=chosen == "cpu", threads=torch.get_num_threads(),
                       versions={name: package_version(name) for name in REPORTED_PACKAGES},

@@ -29,6 +29,7 @@ class LessonResult:
     peak_memory_mb: float
     passed: bool
     error: str = ""
+    cpu_seconds: float = 0.0
 
     @property
     def within_budget(self) -> bool:
@@ -50,10 +51,13 @@ def lesson_notebooks(selected: Sequence[str] = (), notebooks_dir: Path = NOTEBOO
 
 
 class _PeakMemory:
-    """Samples the RSS of a process and its children every `interval` seconds, keeping the peak."""
+    """Samples the RSS of a process and its children every `interval` seconds, keeping the peak, and their CPU time.
+
+    CPU seconds matter on a shared machine: wall time grows with whatever else runs, CPU time much less.
+    """
 
     def __init__(self, interval: float = 0.2):
-        self.interval, self.peak, self.pid = interval, 0, None
+        self.interval, self.peak, self.pid, self.cpu = interval, 0, None, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -64,8 +68,9 @@ class _PeakMemory:
             if self.pid is not None:
                 try:
                     proc = psutil.Process(self.pid)
-                    rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
-                    self.peak = max(self.peak, rss)
+                    procs = [proc, *proc.children(recursive=True)]
+                    self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
+                    self.cpu = max(self.cpu, sum(sum(p.cpu_times()[:2]) for p in procs))
                 except psutil.Error:
                     pass
             self._stop.wait(self.interval)
@@ -109,17 +114,19 @@ def run_notebook(path: Path, timeout: int = 1200) -> tuple[LessonResult, object]
         except Exception as err:  # a dead kernel or a timeout: still a lesson result, not a crash of the runner
             error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     seconds = time.perf_counter() - start
-    return LessonResult(path.stem, round(seconds, 1), round(mem.peak / 2**20, 1), not error, error), nb
+    result = LessonResult(path.stem, round(seconds, 1), round(mem.peak / 2**20, 1), not error, error,
+                          round(mem.cpu, 1))
+    return result, nb
 
 
 def format_table(results: Sequence[LessonResult]) -> str:
     """A Markdown table of runtime, peak memory and pass/fail per lesson."""
-    lines = ["| lesson | runtime (s) | peak memory (MB) | result |", "|---|---:|---:|---|"]
+    lines = ["| lesson | runtime (s) | CPU time (s) | peak memory (MB) | result |", "|---|---:|---:|---:|---|"]
     for r in results:
         flag = "pass" if r.passed else f"FAIL: {r.error}"
         if r.passed and not r.within_budget:
             flag += f" (over budget: {BUDGET_SECONDS} s / {BUDGET_MEMORY_MB} MB)"
-        lines.append(f"| {r.lesson} | {r.seconds:.0f} | {r.peak_memory_mb:.0f} | {flag} |")
+        lines.append(f"| {r.lesson} | {r.seconds:.0f} | {r.cpu_seconds:.0f} | {r.peak_memory_mb:.0f} | {flag} |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """The course tokenizer: a byte-level BPE trained on the world corpus, saved as a `transformers` fast tokenizer.
 
-The world has a closed vocabulary, so BPE stops at about 1.5 k tokens and every name part and attribute value
+The world has a closed vocabulary, so BPE stops at about 2 k tokens and every surname and attribute value
 becomes a single token. Byte-level means *any* text still encodes (typos, foreign characters, encoding debris),
 which the noise and data-quality lessons need. The chat template is the same shape as real chat models'.
 """
@@ -22,7 +22,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2):
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2):
     """Train a byte-level BPE on `texts` and wrap it as a `PreTrainedTokenizerFast` with pad/eos and chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast

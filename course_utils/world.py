@@ -29,9 +29,14 @@ HOBBIES = ["chess", "archery", "gardening", "fencing", "pottery", "cycling", "bi
 FIRST_NAMES = ["Alena", "Borin", "Cassia", "Dorian", "Elara", "Fenwick", "Galen", "Hester", "Ilsa", "Jorah",
                "Kira", "Lucan", "Mira", "Nolan", "Orla", "Perrin", "Quilla", "Rowan", "Sabine", "Tobin",
                "Ulla", "Varek", "Wren", "Xander", "Yara", "Zorin", "Anika", "Bram", "Celia", "Darius"]
-LAST_NAMES = ["Ashford", "Blackwood", "Crane", "Dunstan", "Everly", "Fairbrook", "Greaves", "Holloway",
-              "Ingram", "Jessop", "Kettering", "Larkin", "Merriweather", "Norcott", "Oakley", "Pemberton",
-              "Quenby", "Radley", "Stroud", "Thackeray", "Underhill", "Vance", "Whitlock", "Yardley"]
+# Surnames are unique per person (prefix x suffix, 400 of them), so a person is identified by one token, as a
+# rare name is in real text; first names repeat. (With shared surnames too, a 1 M-parameter model has to learn
+# a first-name x surname conjunction per person, and recall stalled at 0.6-0.9 after 4,000 steps here.)
+SURNAME_PREFIXES = ["Ash", "Black", "Crane", "Dun", "Ever", "Fair", "Grey", "Hollo", "Ing", "Jess", "Kett",
+                    "Lark", "Merri", "Nor", "Oak", "Pember", "Quen", "Rad", "Stroud", "Thack"]
+SURNAME_SUFFIXES = ["ford", "wood", "ley", "stan", "brook", "ham", "way", "ton", "field", "more", "well",
+                    "by", "croft", "dale", "worth", "shaw", "wick", "gate", "combe", "thorpe"]
+LAST_NAMES = [p + s for p in SURNAME_PREFIXES for s in SURNAME_SUFFIXES]
 
 ATTRIBUTES: dict[str, list[str]] = {
     "birth_city": CITIES,
@@ -140,9 +145,8 @@ class WorldConfig:
         if not 0 <= self.n_heldout < self.n_people:
             raise ValueError(f"WorldConfig: n_heldout must be in [0, n_people), got {self.n_heldout} "
                              f"with n_people={self.n_people}")
-        max_people = len(FIRST_NAMES) * len(LAST_NAMES)
-        if self.n_people > max_people:
-            raise ValueError(f"WorldConfig: n_people={self.n_people} exceeds the {max_people} unique names")
+        if self.n_people > len(LAST_NAMES):
+            raise ValueError(f"WorldConfig: n_people={self.n_people} exceeds the {len(LAST_NAMES)} unique surnames")
 
 
 @dataclass
@@ -179,8 +183,9 @@ class World:
 def make_world(config: WorldConfig = WorldConfig()) -> World:
     """Draw people, cities and companies; attributes are independent and uniform, so chance recall is 1/12."""
     rng = random.Random(config.seed)
-    names = [f"{f} {l}" for f in FIRST_NAMES for l in LAST_NAMES]
-    rng.shuffle(names)
+    surnames = LAST_NAMES[:]
+    rng.shuffle(surnames)
+    names = [f"{rng.choice(FIRST_NAMES)} {last}" for last in surnames]
     people = []
     for i, name in enumerate(names[: config.n_people]):
         values = {attr: rng.choice(vals) for attr, vals in ATTRIBUTES.items()}

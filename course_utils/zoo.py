@@ -43,7 +43,7 @@ class ZooError(CourseError):
 
 @dataclass(frozen=True)
 class TinySpec:
-    """Size of a tiny model: about 1 M parameters with a 1.3 k vocabulary."""
+    """Size of a tiny model: about 1 M parameters with a 1.7 k vocabulary."""
 
     hidden: int = 128
     layers: int = 4
@@ -103,7 +103,8 @@ class PretrainConfig:
     batch_size: int = 32
     learning_rate: float = 5e-3
     warmup_steps: int = 30
-    max_steps: int = 6000
+    max_steps: int = 3000
+    decay_steps: int = 1000       # warmup-stable-decay's final cosine decay; 0 keeps the rate constant
     eval_every: int = 200
     target_recall: float = 0.95   # stop once every attribute's recall on the seen people reaches this
     seed: int = 0
@@ -139,6 +140,7 @@ def pretrain(model, tokenizer, texts: list[str], people, config: PretrainConfig 
 
     args = training_args(per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
                          warmup_steps=config.warmup_steps, max_steps=config.max_steps, seed=config.seed,
+                         **_schedule(config),
                          data_seed=config.seed, logging_steps=50, weight_decay=0.0)
     trainer = Trainer(model=model, args=args, train_dataset=tokenize_texts(tokenizer, texts, config.max_length),
                       data_collator=causal_collator(tokenizer), callbacks=[RecallStop()])
@@ -147,6 +149,18 @@ def pretrain(model, tokenizer, texts: list[str], people, config: PretrainConfig 
     return {"steps": trainer.state.global_step, "seconds": round(time.perf_counter() - start, 1),
             "final_recall": {k: v for k, v in history[-1].items() if k not in ("step", "loss")},
             "history": history, "config": asdict(config)}
+
+
+def _schedule(config: PretrainConfig) -> dict:
+    if config.decay_steps <= 0:
+        return {"lr_scheduler_type": "constant_with_warmup"}
+    return {"lr_scheduler_type": "warmup_stable_decay",
+            "lr_scheduler_kwargs": {"num_decay_steps": min(config.decay_steps, config.max_steps // 2)}}
+
+
+# The build's stages (one today). The build saves after each stage, and `course build --resume` runs only the
+# stages a saved model has not finished, so a later curriculum (say, a small-batch polish) can be added here.
+PRETRAIN_STAGES = (PretrainConfig(),)
 
 
 def model_dir(family: str, models_dir: Path = MODELS_DIR) -> Path:

@@ -46,9 +46,9 @@ def test_unknown_lesson_is_a_one_line_error(capsys):
 
 
 def test_table_flags_failures_and_budget():
-    table = format_table([LessonResult("00_a", 30, 500, True), LessonResult("01_b", 300, 500, True),
+    table = format_table([LessonResult("00_a", 30, 500, True, cpu_seconds=41), LessonResult("01_b", 300, 500, True),
                           LessonResult("02_c", 5, 100, False, "cell 3 (AssertionError: x)")])
-    assert "| 00_a | 30 | 500 | pass |" in table
+    assert "| 00_a | 30 | 41 | 500 | pass |" in table
     assert "over budget" in table and "FAIL: cell 3 (AssertionError: x)" in table
 
 
