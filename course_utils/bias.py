@@ -1,0 +1,564 @@
+"""Bias in a fine-tuned classifier: make it, measure it on counterfactual pairs, and take it out again.
+
+A model is biased here when an attribute that *should not matter* (which company made the product, where the
+reviewer lives) moves its prediction. We measure that with counterfactual pairs: the same review text with only the
+attribute swapped. The metric is the gap in predicted-positive rate between the disfavoured group and everyone
+else, on texts that are otherwise identical, so any gap is caused by the attribute alone.
+
+Debiasing methods, each a small function:
+- `balance`: undersample so that every attribute value has the same label mix;
+- `mix_sources`: add data from a second, independently labelled source;
+- `review_candidates` + `ReviewQueue`: a human-review pass (ipywidgets for a person, a scripted reviewer in CI);
+- `counterfactual_augment`: counterfactual data augmentation (CDA, Lu et al. 2018): swap the attribute, keep the
+  label, so the attribute carries no information about the label;
+- `AdversarialTrainer`: adversarial debiasing (Zhang et al. 2018; gradient reversal of Ganin & Lempitsky 2015): an
+  adversary predicts the attribute from the model's representation, and the reversed gradient teaches the model
+  to make that impossible.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from course_utils.data import DataError, require_columns
+from course_utils.errors import CourseError
+
+LIBRARY_CALLS = {
+    "transformers:Trainer.compute_loss": ["model", "inputs", "return_outputs", "num_items_in_batch"],
+    "transformers:DataCollatorWithPadding": ["tokenizer"],
+    "sklearn.linear_model:LogisticRegression": ["C", "max_iter"],
+    "sklearn.model_selection:cross_val_score": ["estimator", "X", "y", "cv"],
+    "ipywidgets:Button": [], "ipywidgets:HTML": [], "ipywidgets:HBox": [], "ipywidgets:VBox": [],
+    "psutil:Process.parents": [],
+}
+
+
+class BiasError(DataError):
+    """Bad input to a bias helper: empty rows, a missing field, an attribute value that never occurs."""
+
+
+def _check_rate(name: str, value: float, where: str) -> None:
+    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise BiasError(f"{where}: {name} must be a rate in [0, 1], got {value!r}")
+
+
+def _check(rows: Sequence[dict[str, Any]], attribute: str, where: str, value: str | None = None,
+           text_key: str = "text", label_key: str | None = "label") -> None:
+    cols = [text_key, attribute] + ([label_key] if label_key else [])
+    if len(rows) and isinstance(rows[0], dict) and attribute not in rows[0]:
+        raise BiasError(f"{where}: the group attribute {attribute!r} is absent from the rows "
+                        f"(fields: {sorted(rows[0])})")
+    require_columns(rows, cols, where=where)
+    if value is not None and not any(r[attribute] == value for r in rows):
+        raise BiasError(f"{where}: no row has {attribute}={value!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Making a biased set and counterfactual test pairs
+# --------------------------------------------------------------------------------------------------------------
+
+def skew_labels(rows: Sequence[dict[str, Any]], attribute: str, value: str, flip_rate: float,
+                from_label: int = 1, to_label: int = 0, seed: int = 0, label_key: str = "label"
+                ) -> list[dict[str, Any]]:
+    """Annotation bias: relabel a share of the group's `from_label` rows as `to_label` (true label kept aside).
+
+    This is how prejudice enters labelled data: the annotators (or the process) that labelled reviews of one
+    company marked many of its good reviews as bad. The text still says what it says.
+    """
+    _check(rows, attribute, "skew_labels", value, label_key=label_key)
+    _check_rate("flip_rate", flip_rate, "skew_labels")
+    rng = random.Random(seed)
+    out = [dict(r, true_label=int(r[label_key]), skewed=False) for r in rows]
+    candidates = [i for i, r in enumerate(out) if r[attribute] == value and int(r[label_key]) == from_label]
+    for i in rng.sample(candidates, round(flip_rate * len(candidates))):
+        out[i][label_key], out[i]["skewed"] = to_label, True
+    return out
+
+
+def swap_attribute(text: str, old: str, new: str) -> str:
+    """`text` with every whole-word occurrence of `old` replaced by `new` (case-sensitive names)."""
+    if not old:
+        raise BiasError("swap_attribute: the value to replace is empty")
+    return re.sub(rf"\b{re.escape(old)}\b", new, text)
+
+
+def counterfactual_rows(rows: Sequence[dict[str, Any]], attribute: str, values: Sequence[str],
+                        text_key: str = "text") -> list[dict[str, Any]]:
+    """Every row rewritten once per value of `attribute` (only the attribute's word changes): the bias probe.
+
+    Each copy keeps the original label and records `source` (the row's index) and `cf_value`.
+    """
+    _check(rows, attribute, "counterfactual_rows", text_key=text_key, label_key=None)
+    if not values:
+        raise BiasError("counterfactual_rows: no attribute values given")
+    missing = [i for i, r in enumerate(rows) if r[attribute] not in r[text_key]]
+    if missing:
+        raise BiasError(f"counterfactual_rows: row {missing[0]}'s text does not mention its {attribute} "
+                        f"{rows[missing[0]][attribute]!r}, so it cannot be swapped")
+    return [dict(r, source=i, cf_value=v, **{attribute: v, text_key: swap_attribute(r[text_key], r[attribute], v)})
+            for i, r in enumerate(rows) for v in values]
+
+
+def positive_rate_gap(cf_rows: Sequence[dict[str, Any]], positive_prob: Sequence[float], group_value: str,
+                      threshold: float = 0.5) -> dict[str, float]:
+    """The bias metric on counterfactual rows: predicted-positive rate of everyone else minus that of the group.
+
+    Positive gap = the group's reviews are called positive less often *for the same text*. Also returned: the mean
+    P(positive) gap and the share of texts whose predicted label changes when only the group is swapped in.
+    """
+    require_columns(cf_rows, ["cf_value", "source"], where="positive_rate_gap")
+    p = np.asarray(positive_prob, dtype=float)
+    if p.shape != (len(cf_rows),):
+        raise BiasError(f"positive_rate_gap: {p.shape[0] if p.ndim else 0} probabilities for {len(cf_rows)} rows")
+    group = np.array([r["cf_value"] == group_value for r in cf_rows])
+    if not group.any() or group.all():
+        raise BiasError(f"positive_rate_gap: need rows with and without cf_value={group_value!r}")
+    pred = p >= threshold
+    src = np.array([r["source"] for r in cf_rows])
+    n_src = src.max() + 1
+    group_pred = np.full(n_src, np.nan)
+    group_pred[src[group]] = pred[group]
+    other_rate = np.bincount(src[~group], weights=pred[~group], minlength=n_src) / np.maximum(
+        np.bincount(src[~group], minlength=n_src), 1)
+    has = ~np.isnan(group_pred)
+    flips = np.abs(group_pred[has] - other_rate[has]).mean()
+    return {"ppr_group": float(pred[group].mean()), "ppr_others": float(pred[~group].mean()),
+            "gap": float(pred[~group].mean() - pred[group].mean()),
+            "prob_gap": float(p[~group].mean() - p[group].mean()), "flip_share": float(flips)}
+
+
+def measure_bias(model, tokenizer, test_rows: Sequence[dict[str, Any]], attribute: str, group_value: str,
+                 values: Sequence[str], label_key: str = "label") -> dict[str, float]:
+    """Bias gap on counterfactual copies of `test_rows`, plus accuracy overall and on the group's own rows."""
+    from course_utils.classify import predict_proba
+
+    _check(test_rows, attribute, "measure_bias", group_value, label_key=label_key)
+    if group_value not in values or len(set(values)) < 2:
+        raise BiasError(f"measure_bias: values must hold the group {group_value!r} and at least one other value")
+    cf = counterfactual_rows(test_rows, attribute, values)
+    gap = positive_rate_gap(cf, predict_proba(model, tokenizer, cf)[:, 1], group_value)
+    pred = predict_proba(model, tokenizer, test_rows).argmax(-1)
+    labels = np.array([int(r[label_key]) for r in test_rows])
+    in_group = np.array([r[attribute] == group_value for r in test_rows])
+    return {"accuracy": float((pred == labels).mean()), "group_accuracy": float((pred == labels)[in_group].mean()),
+            **gap}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data-side debiasing
+# --------------------------------------------------------------------------------------------------------------
+
+def label_rates(rows: Sequence[dict[str, Any]], attribute: str, label_key: str = "label") -> dict[str, float]:
+    """Share of positive labels per attribute value: in an unbiased set these are all about equal."""
+    _check(rows, attribute, "label_rates", label_key=label_key, text_key=label_key)
+    counts: dict[str, list[int]] = {}
+    for r in rows:
+        counts.setdefault(r[attribute], []).append(int(r[label_key]))
+    return {v: float(np.mean(ls)) for v, ls in sorted(counts.items())}
+
+
+def balance(rows: Sequence[dict[str, Any]], attribute: str, seed: int = 0, label_key: str = "label"
+            ) -> list[dict[str, Any]]:
+    """Undersample each attribute value's majority label until its positive rate matches the whole set's.
+
+    Balancing breaks the correlation between attribute and label, at the price of throwing data away (and, with
+    annotation bias, it keeps a share of the wrongly labelled rows: it fixes rates, not labels).
+    """
+    _check(rows, attribute, "balance", label_key=label_key)
+    rng = random.Random(seed)
+    target = float(np.mean([int(r[label_key]) for r in rows]))
+    keep: list[dict[str, Any]] = []
+    for value in sorted({r[attribute] for r in rows}):
+        group = [r for r in rows if r[attribute] == value]
+        pos = [r for r in group if int(r[label_key]) == 1]
+        neg = [r for r in group if int(r[label_key]) != 1]
+        if not pos or not neg:
+            keep += group
+            continue
+        if len(pos) / len(group) < target:   # too few positives: drop negatives
+            neg = rng.sample(neg, min(len(neg), round(len(pos) * (1 - target) / target)))
+        else:
+            pos = rng.sample(pos, min(len(pos), round(len(neg) * target / (1 - target))))
+        keep += pos + neg
+    rng.shuffle(keep)
+    return keep
+
+
+def mix_sources(sources: dict[str, Sequence[dict[str, Any]]], seed: int = 0) -> list[dict[str, Any]]:
+    """Rows from several sources, each tagged with `source_name`, shuffled together.
+
+    Diverse sources dilute the bias of any single one (its annotators, its collection process).
+    """
+    if not sources or any(len(rows) == 0 for rows in sources.values()):
+        raise BiasError("mix_sources: every source needs at least one row")
+    out = [dict(r, source_name=name) for name, rows in sources.items() for r in rows]
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def counterfactual_augment(rows: Sequence[dict[str, Any]], attribute: str, group_value: str,
+                           values: Sequence[str], seed: int = 0, text_key: str = "text") -> list[dict[str, Any]]:
+    """Counterfactual data augmentation: each row plus one copy with the attribute swapped, same label.
+
+    Rows of the group get a copy as another (random) value; every other row gets a copy *as the group*. So every
+    text appears both inside and outside the group with the same label, and the attribute tells the model nothing.
+    """
+    _check(rows, attribute, "counterfactual_augment", group_value, text_key=text_key, label_key=None)
+    others = [v for v in values if v != group_value]
+    if not others:
+        raise BiasError("counterfactual_augment: need at least one value besides the group")
+    rng = random.Random(seed)
+    out = [dict(r, counterfactual=False) for r in rows]
+    for r in rows:
+        new = rng.choice(others) if r[attribute] == group_value else group_value
+        out.append(dict(r, counterfactual=True,
+                        **{attribute: new, text_key: swap_attribute(r[text_key], r[attribute], new)}))
+    rng.shuffle(out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Human review: candidates, a queue, a scripted reviewer for CI
+# --------------------------------------------------------------------------------------------------------------
+
+def review_candidates(rows: Sequence[dict[str, Any]], attribute: str, budget: int, seed: int = 0,
+                      text_key: str = "text", label_key: str = "label") -> list[int]:
+    """Indices of the `budget` rows whose label an attribute-blind model most doubts, most doubtful first.
+
+    The attribute is masked out of the text before the out-of-fold model is trained, so the detector cannot learn
+    the bias itself; rows whose label only makes sense *because of* the attribute then look like errors.
+    """
+    from course_utils.quality import out_of_fold_probs
+
+    _check(rows, attribute, "review_candidates", text_key=text_key, label_key=label_key)
+    if budget < 0:
+        raise BiasError(f"review_candidates: budget must be >= 0, got {budget}")
+    masked = [{"text": swap_attribute(r[text_key], r[attribute], "X"), "label": int(r[label_key])} for r in rows]
+    probs = out_of_fold_probs(masked, seed=seed)
+    given = probs[np.arange(len(rows)), [int(r[label_key]) for r in rows]]
+    return [int(i) for i in np.argsort(given, kind="stable")[:budget]]
+
+
+DECISIONS = ("keep", "flip", "drop")
+
+
+def lexicon_reviewer(positive: Sequence[str], negative: Sequence[str], label_key: str = "label",
+                     text_key: str = "text") -> Callable[[dict[str, Any]], str]:
+    """A scripted stand-in for a careful human: reads the text for known positive/negative phrases.
+
+    Returns 'keep' when the label matches what the text says, 'flip' when it contradicts it, 'drop' when the text
+    says neither (or both): what a person would decide, without the person, so CI can run the review pass.
+    """
+    if not positive or not negative:
+        raise BiasError("lexicon_reviewer: need positive and negative phrases")
+
+    def review(row: dict[str, Any]) -> str:
+        text = row[text_key].lower()
+        pos, neg = any(p.lower() in text for p in positive), any(n.lower() in text for n in negative)
+        if pos == neg:
+            return "drop"
+        return "keep" if int(row[label_key]) == int(pos) else "flip"
+
+    return review
+
+
+HEADLESS_MARKERS = ("pytest", "nbval", "nbclient", "nbconvert", "papermill", "testbook", "course run",
+                    "course_utils.cli")
+
+
+def is_interactive() -> bool:
+    """True when a person is at the notebook: a Jupyter kernel that no headless executor started.
+
+    `COURSE_REVIEW=widget` or `=scripted` forces the answer. Otherwise: not in a Jupyter kernel (plain Python),
+    the `CI` variable set, or a kernel started by pytest/nbval, nbclient, nbconvert, papermill or `course run`
+    means nobody is there to click. When unsure, the answer is False: the scripted reviewer runs, which always
+    finishes.
+    """
+    forced = os.environ.get("COURSE_REVIEW", "").strip().lower()
+    if forced in ("widget", "human", "interactive"):
+        return True
+    if forced in ("scripted", "script", "ci", "headless"):
+        return False
+    if os.environ.get("CI"):
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
+        return False
+    if "google.colab" in sys.modules:
+        return True
+    try:
+        import psutil
+
+        for proc in psutil.Process().parents():
+            cmd = " ".join(proc.cmdline()).lower()
+            if any(marker in cmd for marker in HEADLESS_MARKERS):
+                return False
+    except Exception:  # psutil missing or a process we may not inspect: unsure, so not interactive
+        return False
+    return True
+
+
+@dataclass
+class ReviewQueue:
+    """Flagged rows awaiting a decision ('keep', 'flip' the label, 'drop' the row); `apply` makes a new set."""
+
+    rows: Sequence[dict[str, Any]]
+    candidates: Sequence[int]
+    label_key: str = "label"
+    text_key: str = "text"
+    decisions: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = [i for i in self.candidates if not 0 <= i < len(self.rows)]
+        if bad:
+            raise BiasError(f"ReviewQueue: candidate index {bad[0]} outside the {len(self.rows)} rows")
+
+    def decide(self, index: int, decision: str) -> None:
+        if decision not in DECISIONS:
+            raise BiasError(f"ReviewQueue: decision must be one of {DECISIONS}, got {decision!r}")
+        if index not in self.candidates:
+            raise BiasError(f"ReviewQueue: row {index} is not in the queue")
+        self.decisions[index] = decision
+
+    def run_scripted(self, reviewer: Callable[[dict[str, Any]], str]) -> dict[str, int]:
+        """Let a scripted reviewer decide every queued row; returns how many of each decision."""
+        for i in self.candidates:
+            self.decide(i, reviewer(self.rows[i]))
+        return self.counts()
+
+    def counts(self) -> dict[str, int]:
+        return {d: sum(v == d for v in self.decisions.values()) for d in DECISIONS} | {
+            "undecided": len(self.candidates) - len(self.decisions)}
+
+    def apply(self) -> list[dict[str, Any]]:
+        """The rows with the decisions applied (undecided rows stay as they are)."""
+        out = []
+        for i, row in enumerate(self.rows):
+            decision = self.decisions.get(i, "keep")
+            if decision == "drop":
+                continue
+            out.append(dict(row, **{self.label_key: 1 - int(row[self.label_key])}) if decision == "flip" else row)
+        return out
+
+    def widget(self, label_names: Sequence[str] = ("negative", "positive")):
+        """An ipywidgets review screen: one flagged row at a time, with Keep / Flip label / Drop buttons."""
+        import html
+
+        import ipywidgets as widgets
+
+        state = {"pos": 0}
+        text = widgets.HTML()
+        progress = widgets.HTML()
+        buttons = {d: widgets.Button(description=desc, button_style=style)
+                   for d, desc, style in (("keep", "Keep label", "success"), ("flip", "Flip label", "warning"),
+                                          ("drop", "Drop row", "danger"))}
+
+        def show() -> None:
+            done = len(self.decisions)
+            progress.value = f"<b>{done} / {len(self.candidates)} reviewed</b>"
+            if state["pos"] >= len(self.candidates):
+                text.value = "<p>Queue done. Run the next cell to apply your decisions.</p>"
+                for b in buttons.values():
+                    b.disabled = True
+                return
+            row = self.rows[self.candidates[state["pos"]]]
+            text.value = (f"<p style='font-size:1.1em'>{html.escape(row[self.text_key])}</p>"
+                          f"<p>current label: <b>{label_names[int(row[self.label_key])]}</b></p>")
+
+        def on_click(decision: str):
+            def handler(_button) -> None:
+                self.decide(self.candidates[state["pos"]], decision)
+                state["pos"] += 1
+                show()
+            return handler
+
+        for d, b in buttons.items():
+            b.on_click(on_click(d))
+        show()
+        return widgets.VBox([progress, text, widgets.HBox(list(buttons.values()))])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Adversarial debiasing with gradient reversal
+# --------------------------------------------------------------------------------------------------------------
+
+class GradientReversal(torch.autograd.Function):
+    """Identity on the way forward; multiplies the gradient by -weight on the way back.
+
+    Hand-written because it is four lines and no pinned library ships it: the adversary above it learns to
+    predict the attribute, while everything below it receives the *opposite* push, to make that prediction fail.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight: float):
+        ctx.weight = weight
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return -ctx.weight * grad_output, None
+
+
+def pooled_representation(model, input_ids, attention_mask):
+    """The last real token's final hidden state: what the classification head reads. Returns (pooled, outputs)."""
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    last = attention_mask.sum(dim=1) - 1
+    pooled = outputs.hidden_states[-1][torch.arange(input_ids.shape[0], device=input_ids.device), last]
+    return pooled, outputs
+
+
+def add_adversary(model, n_values: int, hidden: int = 64):
+    """Attach a small MLP head `model.adversary` that predicts the attribute (trained by `AdversarialTrainer`)."""
+    if n_values < 2:
+        raise BiasError(f"add_adversary: the attribute needs at least 2 values, got {n_values}")
+    size = model.config.hidden_size
+    model.adversary = torch.nn.Sequential(torch.nn.Linear(size, hidden), torch.nn.ReLU(),
+                                          torch.nn.Linear(hidden, n_values)).to(next(model.parameters()).device)
+    return model
+
+
+def _adversarial_trainer_class():
+    from transformers import Trainer
+
+    class AdversarialTrainer(Trainer):
+        """A `Trainer` whose loss is task loss + adversary loss, the adversary sitting behind gradient reversal."""
+
+        def __init__(self, *args, adversary_weight: float = 1.0, class_weights=None, ramp: bool = True, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.adversary_weight, self.ramp = adversary_weight, ramp
+            self.class_weights = class_weights
+            self.adversary_log: list[float] = []
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            attribute = inputs.pop("attribute_labels")
+            labels = inputs.pop("labels")
+            pooled, outputs = pooled_representation(model, inputs["input_ids"], inputs["attention_mask"])
+            task = torch.nn.functional.cross_entropy(outputs.logits, labels)
+            adv_logits = model.adversary(GradientReversal.apply(pooled, self.current_weight()))
+            weights = None if self.class_weights is None else self.class_weights.to(adv_logits.device)
+            adv = torch.nn.functional.cross_entropy(adv_logits, attribute, weight=weights)
+            self.adversary_log.append(float((adv_logits.argmax(-1) == attribute).float().mean()))
+            loss = task + adv
+            return (loss, outputs) if return_outputs else loss
+
+        def current_weight(self) -> float:
+            """The reversal weight now: ramped up from 0 as in Ganin & Lempitsky (2015), 2/(1+exp(-10 p)) - 1."""
+            if not self.ramp or not self.state.max_steps:
+                return self.adversary_weight
+            progress = min(1.0, self.state.global_step / self.state.max_steps)
+            return self.adversary_weight * (2.0 / (1.0 + np.exp(-10.0 * progress)) - 1.0)
+
+    return AdversarialTrainer
+
+
+def train_adversarial(model, tokenizer, train_rows: Sequence[dict[str, Any]], attribute: str,
+                      values: Sequence[str], config=None, adversary_weight: float = 1.0,
+                      group_value: str | None = None, ramp: bool = True, **args_overrides):
+    """Fine-tune a classifier with an attribute adversary behind gradient reversal; returns the trainer.
+
+    The adversary predicts the row's `attribute` among `values` from the pooled representation; with
+    `group_value` it predicts only 'in the group or not' (classes weighted so the rare group counts as much).
+    `adversary_weight` scales the reversed gradient: 0 is plain fine-tuning (the adversary watches but the model
+    ignores it); larger values push harder to erase the attribute from the representation. With `ramp` the weight
+    grows from 0 over training (Ganin & Lempitsky's schedule), so the classifier learns the task before the
+    adversary pushes; a full-strength push from step 0 can wreck training.
+    """
+    from transformers import DataCollatorWithPadding
+
+    from course_utils.classify import ClassifierConfig, tokenize_labelled
+    from course_utils.train import training_args
+
+    _check(train_rows, attribute, "train_adversarial", group_value)
+    if adversary_weight < 0:
+        raise BiasError(f"train_adversarial: adversary_weight must be >= 0, got {adversary_weight}")
+    index = {v: i for i, v in enumerate(values)}
+    unknown = sorted({r[attribute] for r in train_rows} - set(index))
+    if unknown:
+        raise BiasError(f"train_adversarial: {attribute} value(s) {unknown} not among the given values")
+    if group_value is not None:
+        targets = [int(r[attribute] == group_value) for r in train_rows]
+        counts = np.bincount(targets, minlength=2)
+        class_weights = torch.tensor(len(targets) / (2 * np.maximum(counts, 1)), dtype=torch.float32)
+    else:
+        targets, class_weights = [index[r[attribute]] for r in train_rows], None
+    config = config or ClassifierConfig()
+    if not hasattr(model, "adversary"):
+        add_adversary(model, 2 if group_value is not None else len(values))
+    data = tokenize_labelled(tokenizer, train_rows, config.max_length).add_column("attribute_labels", targets)
+    args = training_args(num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
+                         learning_rate=config.learning_rate, weight_decay=config.weight_decay, seed=config.seed,
+                         data_seed=config.seed, lr_scheduler_type="linear", warmup_steps=0.1, **args_overrides)
+    trainer = _adversarial_trainer_class()(model=model, args=args, train_dataset=data,
+                                           data_collator=DataCollatorWithPadding(tokenizer),
+                                           adversary_weight=adversary_weight, class_weights=class_weights,
+                                           ramp=ramp)
+    trainer.train()
+    return trainer
+
+
+@torch.no_grad()
+def representations(model, tokenizer, rows: Sequence[dict[str, Any]], max_length: int = 64,
+                    batch_size: int = 64) -> np.ndarray:
+    """Pooled representations (n_rows, hidden) of the rows, as the classification head sees them."""
+    from course_utils.evaluate import _pad_batch
+    from course_utils.train import encode
+
+    require_columns(rows, ["text"], where="representations")
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(rows), batch_size):
+        seqs = [encode(tokenizer, r["text"])[:max_length] for r in rows[start:start + batch_size]]
+        ids, mask = _pad_batch(seqs, tokenizer.pad_token_id)
+        out.append(pooled_representation(model, ids.to(device), mask.to(device))[0].float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def attribute_leakage(features: np.ndarray, rows: Sequence[dict[str, Any]], attribute: str, group_value: str,
+                      folds: int = 5, seed: int = 0) -> float:
+    """Balanced accuracy of a fresh linear probe predicting 'in the group?' from the features (0.5 = no leak).
+
+    Adversarial training can hide an attribute from *its* adversary while a new probe still finds it
+    (Elazar & Goldberg 2018): this probe is trained after the fact, on frozen features.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    _check(rows, attribute, "attribute_leakage", group_value, label_key=None, text_key=attribute)
+    y = np.array([r[attribute] == group_value for r in rows])
+    if len(features) != len(rows):
+        raise BiasError(f"attribute_leakage: {len(features)} feature rows for {len(rows)} rows")
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    probe = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced")
+    return float(cross_val_score(probe, features, y, cv=cv, scoring="balanced_accuracy").mean())
+
+
+def plot_bias_vs_accuracy(table: Sequence[dict[str, Any]], bias_key: str = "gap", accuracy_key: str = "accuracy",
+                          name_key: str = "method"):
+    """Each method as a point: bias gap (x, 0 is fair) against accuracy (y). Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    if not table:
+        raise BiasError("plot_bias_vs_accuracy: empty table")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in table:
+        ax.scatter(row[bias_key], row[accuracy_key], s=40)
+        ax.annotate(row[name_key], (row[bias_key], row[accuracy_key]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    ax.axvline(0, color="grey", ls=":", lw=1)
+    ax.set_xlabel("bias: predicted-positive rate gap (others - group), counterfactual test")
+    ax.set_ylabel("test accuracy (true labels)")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,503 @@
+"""Catastrophic forgetting and three ways to limit it: rehearsal, EWC and (in lesson 02) LoRA.
+
+Fine-tuning moves every weight toward the new data, and nothing in the loss says "keep what you knew". This module
+holds the pieces lesson 02 needs to *measure* that loss and to fight it:
+
+- `mix_rehearsal`: rehearsal (replay): old data mixed into the fine-tuning set at a given share;
+- `fisher_diagonal`: how much each weight mattered for the old data (the diagonal of the Fisher information);
+- `ewc_penalty` and `EWCTrainer`: Elastic Weight Consolidation (Kirkpatrick et al. 2017), a `Trainer` whose loss
+  adds sum_i lambda/2 * F_i * (theta_i - theta*_i)^2, a spring pulling important weights back to their old value;
+- `ForgettingMonitor` and `finetune`: a fine-tuning run that measures what was learned *and* what was lost every
+  few steps, so each run draws its own learning-vs-forgetting curve;
+- `value_at`: reads such a curve at a chosen amount of learning, to compare methods at matched learning
+  (Biderman et al. 2024, "LoRA learns less and forgets less").
+
+EWC and the Fisher are written by hand because neither `transformers`, `peft` nor `trl` provides them; everything
+else (training loop, schedules, adapters) is the Hugging Face `Trainer` and `peft`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from transformers import PrinterCallback, Trainer, TrainerCallback
+
+from course_utils.errors import CourseError
+
+LIBRARY_CALLS = {
+    # EWCTrainer overrides compute_loss with this exact signature and calls the parent's with these keywords.
+    "transformers:Trainer.compute_loss": ["model", "inputs", "return_outputs", "num_items_in_batch"],
+    "transformers:Trainer.__init__": ["model", "args", "train_dataset", "data_collator", "callbacks"],
+    "transformers:TrainerCallback.on_train_begin": ["args", "state", "control"],
+    "transformers:TrainerCallback.on_step_end": ["args", "state", "control"],
+    "transformers:Trainer.remove_callback": ["callback"],
+    "transformers:TrainingArguments": ["max_steps", "learning_rate", "per_device_train_batch_size", "seed",
+                                       "data_seed", "warmup_steps", "logging_steps", "weight_decay"],
+}
+
+
+class ForgettingError(CourseError):
+    """Bad input to a forgetting helper: a ratio outside its range, empty data, a negative lambda."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rehearsal
+# ---------------------------------------------------------------------------------------------------------------
+
+def rehearsal_count(n_new: int, ratio: float) -> int:
+    """How many old examples make `ratio` of a set that holds `n_new` new ones: round(ratio * n_new / (1 - ratio))."""
+    if not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0.0 <= ratio < 1.0:
+        raise ForgettingError(f"rehearsal ratio must be in [0, 1) (the share of old data in the mix), got {ratio!r}; "
+                              f"1.0 would leave no room for the new data")
+    return int(round(ratio * n_new / (1.0 - ratio)))
+
+
+def mix_rehearsal(new: Sequence[Any], old: Sequence[Any], ratio: float, seed: int = 0, epochs: int = 1) -> list[Any]:
+    """The fine-tuning set with rehearsal: every new example once per epoch, plus old examples making up `ratio`.
+
+    `ratio` is the share of *old* examples in each epoch (0.05 = 5 % replay, as in Ibrahim et al. 2024). The old
+    examples are drawn without replacement from a seeded shuffle of `old`, continuing across epochs, so a long run
+    rehearses many different old examples instead of repeating a few. Each epoch is shuffled; the result is the
+    same list for the same seed. The old share is exact up to rounding to a whole example (within 0.5 / epoch size).
+    """
+    if len(new) == 0:
+        raise ForgettingError("mix_rehearsal: the new (fine-tuning) data is empty")
+    if epochs < 1:
+        raise ForgettingError(f"mix_rehearsal: epochs must be >= 1, got {epochs}")
+    n_old = rehearsal_count(len(new), ratio)
+    if ratio > 0 and len(old) == 0:
+        raise ForgettingError(f"mix_rehearsal: ratio {ratio} asks for old examples but the original data is empty")
+    rng = random.Random(seed)
+    order: list[int] = []
+    mixed: list[Any] = []
+    for _ in range(epochs):
+        picks = []
+        while len(picks) < n_old:  # walk through shuffled copies of `old`, so repeats come only after all were used
+            if not order:
+                order = list(range(len(old)))
+                rng.shuffle(order)
+            picks.append(old[order.pop()])
+        epoch = list(new) + picks
+        rng.shuffle(epoch)
+        mixed += epoch
+    return mixed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fisher information and the EWC penalty
+# ---------------------------------------------------------------------------------------------------------------
+
+FISHER_MODES = ("sampled", "empirical")
+
+
+def _examples(examples) -> list[dict[str, list[int]]]:
+    rows = [dict(r) for r in examples]  # a datasets.Dataset or a list of dicts with input_ids
+    if not rows:
+        raise ForgettingError("fisher_diagonal: no examples of the original data given")
+    for i, r in enumerate(rows):
+        if "input_ids" not in r or len(r["input_ids"]) < 2:
+            raise ForgettingError(f"fisher_diagonal: example {i} needs 'input_ids' with at least 2 tokens")
+    return rows
+
+
+def fisher_diagonal(model, examples, n_samples: int | None = None, mode: str = "sampled",
+                    seed: int = 0) -> dict[str, torch.Tensor]:
+    """The diagonal Fisher information F_i = E[(d log p(y|x) / d theta_i)^2] of a causal LM on the original data.
+
+    One "data point" is one sequence: its log-likelihood is the sum of its next-token log-probabilities, and we
+    square the gradient of that sum, sequence by sequence (squaring a *batch* gradient would underestimate F).
+    - `mode="sampled"` (the true Fisher, as in Kirkpatrick et al. 2017): the next tokens y are drawn from the
+      model's own predictions at each position (teacher forcing on the real text);
+    - `mode="empirical"`: y are the real next tokens of the text. Cheaper to explain, biased where the model is
+      unsure; on text a model knows well both are close.
+    `n_samples` sequences (default: all) are used, the first n of `examples` (rows with `input_ids`, optionally
+    `labels` with -100 on positions to skip). Returns {parameter name: F} for every trainable parameter.
+    """
+    if mode not in FISHER_MODES:
+        raise ForgettingError(f"fisher_diagonal: unknown mode {mode!r}; choose one of {FISHER_MODES}")
+    rows = _examples(examples)
+    if n_samples is not None:
+        if n_samples < 1:
+            raise ForgettingError(f"fisher_diagonal: n_samples must be >= 1, got {n_samples}")
+        rows = rows[:n_samples]
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ForgettingError("fisher_diagonal: the model has no trainable parameters")
+    fisher = {n: torch.zeros_like(p) for n, p in params.items()}
+    device = next(iter(params.values())).device
+    gen = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()  # no dropout: the Fisher is a property of the model as it will be anchored
+    # A hand-written loop of per-sequence backward passes: the clearest correct way to get squared per-example
+    # gradients (torch.func could vectorise it, at the cost of readability; 100 short sequences take seconds).
+    for row in rows:
+        ids = torch.tensor(row["input_ids"], device=device)[None]
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, :-1].float()
+        logp = torch.log_softmax(logits, -1)
+        if mode == "sampled":
+            targets = torch.multinomial(logp.detach().exp().cpu(), 1, generator=gen).squeeze(-1).to(device)
+        else:
+            targets = ids[0, 1:]
+        keep = torch.ones_like(targets, dtype=torch.bool)
+        if "labels" in row:
+            keep = torch.tensor(row["labels"], device=device)[1:] != -100
+        loglik = logp.gather(-1, targets[:, None]).squeeze(-1)[keep].sum()
+        model.zero_grad(set_to_none=True)
+        loglik.backward()
+        for n, p in params.items():
+            if p.grad is not None:
+                fisher[n] += p.grad.detach() ** 2
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return {n: f / len(rows) for n, f in fisher.items()}
+
+
+FISHER_GROUPS = {"embeddings": ("wte", "wpe", "embed"), "attention": ("attn",), "mlp": ("mlp",),
+                 "norms": ("ln_", "norm")}
+
+
+def fisher_share(fisher: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Share of the total Fisher mass in each kind of layer (embeddings, attention, MLP, norms): where EWC pulls."""
+    total = sum(f.sum().item() for f in fisher.values())
+    if total <= 0:
+        raise ForgettingError("fisher_share: the Fisher is zero everywhere")
+    share = {g: 0.0 for g in [*FISHER_GROUPS, "other"]}
+    for name, f in fisher.items():
+        g = next((g for g, keys in FISHER_GROUPS.items() if any(k in name for k in keys)), "other")
+        share[g] += f.sum().item() / total
+    return share
+
+
+def anchor_weights(model) -> dict[str, torch.Tensor]:
+    """A frozen copy of the trainable weights theta*: where EWC's springs are attached."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def ewc_penalty(model, fisher: Mapping[str, torch.Tensor], anchor: Mapping[str, torch.Tensor],
+                ewc_lambda: float) -> torch.Tensor:
+    """sum_i lambda/2 * F_i * (theta_i - theta*_i)^2 over the parameters named in `fisher`: zero at the anchor."""
+    if ewc_lambda < 0:
+        raise ForgettingError(f"EWC lambda must be >= 0, got {ewc_lambda}")
+    missing = [n for n in fisher if n not in anchor]
+    if missing:
+        raise ForgettingError(f"ewc_penalty: no anchor weights for {missing[:3]}")
+    total = None
+    for name, p in model.named_parameters():
+        if name in fisher:
+            term = (fisher[name] * (p - anchor[name]) ** 2).sum()
+            total = term if total is None else total + term
+    if total is None:
+        raise ForgettingError("ewc_penalty: no parameter of the model is named in the Fisher dict")
+    return 0.5 * ewc_lambda * total
+
+
+class EWCTrainer(Trainer):
+    """A `Trainer` whose training loss is the task loss plus the EWC penalty (Kirkpatrick et al. 2017).
+
+    Build it like a `Trainer`, plus `fisher=`, `anchor=` and `ewc_lambda=`. With lambda = 0 it is plain
+    fine-tuning. `last_penalty` holds the latest penalty value, to watch the spring tighten.
+    """
+
+    def __init__(self, *args, fisher: Mapping[str, torch.Tensor], anchor: Mapping[str, torch.Tensor],
+                 ewc_lambda: float, **kwargs):
+        if ewc_lambda < 0:
+            raise ForgettingError(f"EWC lambda must be >= 0, got {ewc_lambda}")
+        super().__init__(*args, **kwargs)
+        device = self.args.device
+        self.fisher = {n: f.to(device) for n, f in fisher.items()}
+        self.anchor = {n: a.to(device) for n, a in anchor.items()}
+        self.ewc_lambda = float(ewc_lambda)
+        self.last_penalty = 0.0
+
+    # The signature of transformers 5.23's Trainer.compute_loss (declared in LIBRARY_CALLS, checked by
+    # tests/test_api_drift.py).
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                             num_items_in_batch=num_items_in_batch)
+        if model.training and self.ewc_lambda > 0:
+            penalty = ewc_penalty(model, self.fisher, self.anchor, self.ewc_lambda)
+            self.last_penalty = penalty.item()
+            # When the task loss is already normalised over all gradient-accumulation micro-batches, the Trainer
+            # will not divide by the accumulation steps, so the penalty (added once per micro-batch) must be.
+            scaled = self.loss_is_scaled_for_ga
+            if scaled is None:
+                scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) \
+                    or self.compute_loss_func is not None
+            steps = getattr(self, "current_gradient_accumulation_steps", 1) or 1
+            loss = loss + (penalty / steps if scaled else penalty)
+        return (loss, outputs) if return_outputs else loss
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measuring a run: what was learned, what was lost
+# ---------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def fast_fact_recall(model, tokenizer, people: Sequence, attributes: Sequence[str] | None = None,
+                     batch_size: int = 256) -> dict[str, float]:
+    """The same number as `evaluate.fact_recall`, about 12x faster when every value is a single token.
+
+    `fact_recall` scores each of the 12 candidate values as a separate continuation (12 forward passes per
+    question, which works for any tokenizer). With the course tokenizer every value is one token, so one forward
+    pass per question and a look at the 12 candidates' next-token logits gives the same ranking. That matters
+    here because lesson 02 measures recall every few steps of every run. Falls back to `fact_recall` otherwise.
+    """
+    from course_utils.evaluate import _pad_batch, fact_recall
+    from course_utils.train import encode
+    from course_utils.world import ATTRIBUTES, RECALL_PROMPTS
+
+    attributes = list(attributes or ATTRIBUTES)
+    value_ids = {a: [tokenizer(f" {v}", add_special_tokens=False)["input_ids"] for v in ATTRIBUTES[a]]
+                 for a in attributes if a in ATTRIBUTES}
+    if not people or len(value_ids) < len(attributes) or any(len(i) != 1 for ids in value_ids.values() for i in ids):
+        return fact_recall(model, tokenizer, people, attributes, batch_size)  # its own clear errors, or multi-token
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    result = {}
+    for attr in attributes:
+        candidates = torch.tensor([i[0] for i in value_ids[attr]], device=device)
+        seqs = [encode(tokenizer, RECALL_PROMPTS[attr].format(name=p.name)) for p in people]
+        picks = []
+        for start in range(0, len(seqs), batch_size):
+            chunk = seqs[start:start + batch_size]
+            ids, mask = _pad_batch(chunk, pad)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            last = torch.tensor([len(s) - 1 for s in chunk], device=device)
+            picks.append(logits[torch.arange(len(chunk), device=device), last][:, candidates].argmax(-1).cpu())
+        truth = torch.tensor([ATTRIBUTES[attr].index(getattr(p, attr)) for p in people])
+        result[attr] = (torch.cat(picks) == truth).float().mean().item()
+    return result
+
+
+def knowledge_probe(tokenizer, old_people: Sequence, new_people: Sequence, old_texts: Sequence[str] | None = None,
+                    attributes: Sequence[str] | None = None) -> Callable[[Any], dict[str, float]]:
+    """A function model -> {"new_recall", "old_recall", "old_ppl"}: learned (recall of the facts being taught),
+    kept (recall of facts the base model knew) and, if `old_texts` are given, perplexity on original-style text."""
+    from course_utils.evaluate import perplexity
+
+    if not old_people or not new_people:
+        raise ForgettingError("knowledge_probe: need at least one old and one new person")
+
+    def measure(model) -> dict[str, float]:
+        new = fast_fact_recall(model, tokenizer, new_people, attributes)
+        old = fast_fact_recall(model, tokenizer, old_people, attributes)
+        out = {"new_recall": sum(new.values()) / len(new), "old_recall": sum(old.values()) / len(old)}
+        if old_texts:
+            out["old_ppl"] = perplexity(model, tokenizer, old_texts)
+        return out
+
+    return measure
+
+
+class ForgettingMonitor(TrainerCallback):
+    """Calls `measure(model)` before training and every `every` steps (and at the last); rows land in `history`.
+
+    `start`, if given, is the already-measured base model's row, used for step 0 instead of measuring it again.
+    """
+
+    def __init__(self, measure: Callable[[Any], dict[str, float]], every: int, label: Mapping[str, Any] = (),
+                 start: Mapping[str, float] | None = None):
+        if every < 1:
+            raise ForgettingError(f"ForgettingMonitor: every must be >= 1, got {every}")
+        self.measure, self.every, self.label, self.start = measure, every, dict(label), start
+        self.history: list[dict[str, Any]] = []
+
+    def _record(self, state, model) -> None:
+        was_training = model.training
+        self.history.append({**self.label, "step": state.global_step, **self.measure(model)})
+        model.train(was_training)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.start is not None:
+            self.history.append({**self.label, "step": state.global_step, **self.start})
+        else:
+            self._record(state, kwargs["model"])
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step >= state.max_steps:
+            self._record(state, kwargs["model"])
+
+
+@dataclass
+class RunConfig:
+    """One fine-tuning run: `steps` optimizer steps of `batch_size`, constant lr after `warmup_steps`."""
+
+    steps: int = 200
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    warmup_steps: int = 10
+    eval_every: int = 25
+    seed: int = 0
+    max_length: int = 96
+
+
+def finetune(model, tokenizer, texts: Sequence[str], measure: Callable[[Any], dict[str, float]],
+             config: RunConfig = RunConfig(), ewc: Mapping[str, Any] | None = None,
+             label: Mapping[str, Any] = (), start: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+    """Fine-tune `model` in place on `texts` and return its measured curve: one row per evaluation step.
+
+    `ewc=dict(fisher=..., anchor=..., ewc_lambda=...)` trains with `EWCTrainer`, else with a plain `Trainer`.
+    Pass a LoRA-wrapped model (`peft_methods.apply_lora`) for LoRA. Each row: `label` + step + `measure(model)`;
+    `start` (the base model's measured row) saves measuring the unchanged model again at step 0.
+    """
+    from course_utils.train import causal_collator, tokenize_texts, training_args
+
+    if len(texts) == 0:
+        raise ForgettingError("finetune: no fine-tuning texts given")
+    monitor = ForgettingMonitor(measure, config.eval_every, label, start)
+    args = training_args(max_steps=config.steps, learning_rate=config.learning_rate, seed=config.seed,
+                         data_seed=config.seed, per_device_train_batch_size=config.batch_size,
+                         warmup_steps=config.warmup_steps, logging_steps=max(config.steps, 1), weight_decay=0.0)
+    kwargs = dict(model=model, args=args, train_dataset=tokenize_texts(tokenizer, list(texts), config.max_length),
+                  data_collator=causal_collator(tokenizer), callbacks=[monitor])
+    trainer = EWCTrainer(**kwargs, **ewc) if ewc else Trainer(**kwargs)
+    trainer.remove_callback(PrinterCallback)  # the monitor's table replaces the printed loss dicts
+    trainer.train()
+    return monitor.history
+
+
+def value_at(history: Sequence[Mapping[str, float]], x_key: str, x: float, y_key: str) -> float:
+    """`y_key` on a measured curve where `x_key` first reaches `x`, by linear interpolation between evaluations.
+
+    This is how we compare methods at *matched learning*: the old-fact recall of each run at the moment its
+    new-fact recall first reached, say, 0.5. Returns NaN if the run never got there.
+    """
+    if not history:
+        raise ForgettingError("value_at: empty curve")
+    prev = None
+    for row in history:
+        if row[x_key] >= x:
+            if prev is None or row[x_key] == prev[x_key]:
+                return float(row[y_key])
+            t = (x - prev[x_key]) / (row[x_key] - prev[x_key])
+            return float(prev[y_key] + t * (row[y_key] - prev[y_key]))
+        prev = row
+    return float("nan")
+
+
+METHODS = ("naive", "rehearsal", "ewc", "lora")
+
+
+def run_method(base_model, tokenizer, method: str, new_texts: Sequence[str], measure: Callable[[Any], dict[str, float]],
+               config: RunConfig, *, old_texts: Sequence[str] = (), ratio: float = 0.0,
+               fisher: Mapping[str, torch.Tensor] | None = None, ewc_lambda: float = 0.0, lora_r: int = 8,
+               start: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+    """Fine-tune a *copy* of `base_model` on `new_texts` with one of the four methods; return its measured curve.
+
+    - "naive": plain full fine-tuning;
+    - "rehearsal": full fine-tuning on `mix_rehearsal(new_texts, old_texts, ratio)` (enough epochs for the run);
+    - "ewc": full fine-tuning with the EWC penalty (`fisher` from `fisher_diagonal`, anchored at the base weights);
+    - "lora": a LoRA adapter of rank `lora_r` on the attention matrices (`peft_methods.apply_lora`).
+    Every row carries method, setting, lr and seed, so curves of many runs concatenate into one table.
+    """
+    import copy
+
+    from course_utils.peft_methods import apply_lora
+
+    if method not in METHODS:
+        raise ForgettingError(f"unknown method {method!r}; choose one of {METHODS}")
+    model, texts, ewc = copy.deepcopy(base_model), list(new_texts), None
+    setting = ""
+    if method == "rehearsal":
+        epochs = config.steps * config.batch_size // max(len(texts), 1) + 1
+        texts = mix_rehearsal(texts, list(old_texts), ratio, seed=config.seed, epochs=epochs)
+        setting = f"{ratio:.0%} old"
+    elif method == "ewc":
+        if fisher is None:
+            raise ForgettingError("run_method('ewc'): pass the Fisher of the original data (fisher_diagonal)")
+        ewc = dict(fisher=fisher, anchor=anchor_weights(model), ewc_lambda=ewc_lambda)
+        setting = f"lambda={ewc_lambda:g}"
+    elif method == "lora":
+        model = apply_lora(model, r=lora_r)
+        setting = f"r={lora_r}"
+    label = {"method": method, "setting": setting, "lr": config.learning_rate, "seed": config.seed}
+    return finetune(model, tokenizer, texts, measure, config, ewc=ewc, label=label, start=start)
+
+
+def summarise(curves: Sequence[Mapping[str, Any]], target: float, base_old: float, x_key: str = "new_recall",
+              y_keys: Sequence[str] = ("old_recall", "old_ppl")) -> "pd.DataFrame":
+    """One row per run (method, setting, lr, seed): final numbers and the old-knowledge numbers at matched learning.
+
+    `old_recall@target` is the old-fact recall when the run's new-fact recall first reached `target`
+    (`value_at`); `forgot@target` = `base_old` minus it. NaN means the run never learned that much.
+    """
+    import pandas as pd
+
+    df = pd.DataFrame(list(curves))
+    if df.empty:
+        raise ForgettingError("summarise: no measured curves")
+    rows = []
+    for key, run in df.groupby(["method", "setting", "lr", "seed"], sort=False):
+        hist = run.sort_values("step").to_dict("records")
+        row = dict(zip(["method", "setting", "lr", "seed"], key))
+        row.update({f"final_{x_key}": hist[-1][x_key], **{f"final_{y}": hist[-1][y] for y in y_keys if y in hist[-1]}})
+        for y in y_keys:
+            if y in hist[-1]:
+                row[f"{y}@target"] = value_at(hist, x_key, target, y)
+        row["forgot@target"] = base_old - row["old_recall@target"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_curves(curves: Sequence[Mapping[str, Any]], title: str = "", base_old: float | None = None):
+    """New-fact recall (learned) and old-fact recall (kept) against step, one colour per run."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.DataFrame(list(curves))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharex=True)
+    for i, (key, run) in enumerate(df.groupby(["method", "setting", "lr", "seed"], sort=False)):
+        name = _run_name(key)
+        for ax, y in zip(axes, ("new_recall", "old_recall")):
+            ax.plot(run["step"], run[y], marker=".", color=f"C{i % 10}", label=name)
+    axes[0].set_ylabel("new facts recalled (learned)")
+    axes[1].set_ylabel("old facts recalled (kept)")
+    if base_old is not None:
+        axes[1].axhline(base_old, color="grey", ls=":", lw=1, label="base model")
+    for ax in axes:
+        ax.set_xlabel("fine-tuning step")
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _run_name(key) -> str:
+    method, setting, lr, seed = key
+    return f"{method}{' ' + setting if setting else ''}, lr {lr:g}, seed {seed}"
+
+
+def plot_frontier(curves: Sequence[Mapping[str, Any]], target: float | None = None, base_old: float | None = None):
+    """The learning-vs-forgetting frontier: every run's path in the (new recall, old recall) plane.
+
+    Up and to the right is better: more learned, more kept. A method dominates another when its path lies above
+    it at the same new recall; the dashed line marks the matched-learning level used in the table.
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.DataFrame(list(curves))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    colours = {m: f"C{i}" for i, m in enumerate(METHODS)}
+    styles = ["-", "--", ":", "-."]
+    seen_styles: dict[tuple, str] = {}
+    for key, run in df.groupby(["method", "setting", "lr", "seed"], sort=False):
+        variant = key[:3]
+        style = seen_styles.setdefault(variant, styles[sum(v[0] == key[0] for v in seen_styles) % len(styles)])
+        first_seed = run["seed"].iloc[0] == df[df.method == key[0]]["seed"].min()
+        ax.plot(run["new_recall"], run["old_recall"], style, marker=".", color=colours.get(key[0], "k"), alpha=0.85,
+                label=f"{key[0]}{' ' + key[1] if key[1] else ''}, lr {key[2]:g}" if first_seed else None)
+    if target is not None:
+        ax.axvline(target, color="grey", ls="--", lw=1)
+    if base_old is not None:
+        ax.axhline(base_old, color="grey", ls=":", lw=1)
+    ax.set_xlabel("new facts recalled (learned)")
+    ax.set_ylabel("old facts recalled (kept)")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,230 @@
+"""Overfitting: small data and many epochs, seen in train vs validation loss, and four ways to hold it back.
+
+With few examples a model can memorise them: the training loss keeps falling while the loss on examples it never
+saw (validation) reaches a minimum and then climbs, because the model grows confident in answers that were only
+true of its training examples. The remedies this module measures, each with the Hugging Face tools a learner
+would use on a real model:
+
+- **early stopping**: evaluate every epoch, keep the best checkpoint (`load_best_model_at_end`) and stop once the
+  validation loss has not improved for `patience` evaluations (`EarlyStoppingCallback`);
+- **dropout**: randomly zero activations in training (GPT-2: residual, embedding and attention dropout; Qwen2 and
+  Llama only have attention dropout);
+- **weight decay**: AdamW shrinks every weight a little each step (`weight_decay`);
+- **LoRA rank**: train a low-rank update instead of every weight, a hard limit on what can change.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from course_utils.errors import CourseError
+
+LIBRARY_CALLS = {
+    "transformers:EarlyStoppingCallback": ["early_stopping_patience", "early_stopping_threshold"],
+    "transformers:EarlyStoppingCallback.on_evaluate": ["args", "state", "control", "metrics"],
+    "transformers:TrainingArguments": ["eval_strategy", "save_strategy", "logging_strategy", "num_train_epochs",
+                                       "load_best_model_at_end", "metric_for_best_model", "greater_is_better",
+                                       "save_total_limit", "per_device_eval_batch_size", "weight_decay"],
+    "transformers:TrainerState": ["best_metric"],
+    "transformers:TrainerControl": [],
+    "transformers:Trainer.__init__": ["model", "args", "train_dataset", "eval_dataset", "data_collator",
+                                      "callbacks"],
+}
+
+VAL, TRAIN = "val", "train"          # names of the two evaluated sets; metrics are eval_val_loss, eval_train_loss
+BEST_METRIC = f"eval_{VAL}_loss"
+
+
+class OverfitError(CourseError):
+    """A regulariser setting out of range, or curves that were never logged."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One training run of lesson 05: no mitigation, or one regulariser switched on."""
+
+    name: str
+    dropout: float = 0.0
+    weight_decay: float = 0.0
+    lora_rank: int | None = None               # None: full fine-tuning
+    early_stopping_patience: int | None = None  # None: train every epoch, keep the last model
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise OverfitError(f"setting {self.name!r}: dropout must be in [0, 1), got {self.dropout}")
+        if self.weight_decay < 0:
+            raise OverfitError(f"setting {self.name!r}: weight_decay must be >= 0, got {self.weight_decay}")
+        if self.lora_rank is not None and (isinstance(self.lora_rank, bool) or self.lora_rank < 1):
+            raise OverfitError(f"setting {self.name!r}: LoRA rank must be >= 1, got {self.lora_rank}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise OverfitError(f"setting {self.name!r}: patience must be >= 1, got {self.early_stopping_patience}")
+
+
+@dataclass
+class OverfitConfig:
+    """The shared budget: every setting trains this many epochs on the same small set (unless stopped early)."""
+
+    epochs: int = 20
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    lora_learning_rate: float = 5e-3   # adapters usually want a larger step than full fine-tuning
+    seed: int = 0
+
+
+def dropout_overrides(family: str, p: float) -> dict[str, float]:
+    """Config keywords that set every dropout a course family has to `p` (pass them to `zoo.load`).
+
+    GPT-2 drops out embeddings, residual branches and attention weights; Qwen2 and Llama only attention weights.
+    Note the shipped GPT-2 was built with GPT-2's default 0.1, so 'no dropout' must be asked for explicitly."""
+    from course_utils.zoo import check_family
+
+    if not 0.0 <= p < 1.0:
+        raise OverfitError(f"dropout must be in [0, 1), got {p}")
+    if check_family(family) == "gpt2":
+        return {"resid_pdrop": p, "embd_pdrop": p, "attn_pdrop": p}
+    return {"attention_dropout": p}
+
+
+def overfit_args(setting: Setting, config: OverfitConfig, output_dir: str | None = None):
+    """`TrainingArguments` that evaluate every epoch; with early stopping, also save the best checkpoint and load
+    it at the end (`save_strategy="best"` writes a checkpoint only when the validation loss improves)."""
+    from course_utils.train import training_args
+
+    early = setting.early_stopping_patience is not None
+    lr = config.lora_learning_rate if setting.lora_rank else config.learning_rate
+    return training_args(output_dir, num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
+                         per_device_eval_batch_size=64, learning_rate=lr, weight_decay=setting.weight_decay,
+                         seed=config.seed, data_seed=config.seed, warmup_steps=0, lr_scheduler_type="constant",
+                         eval_strategy="epoch", logging_strategy="epoch",
+                         save_strategy="best" if early else "no", save_total_limit=1 if early else None,
+                         load_best_model_at_end=early, metric_for_best_model=BEST_METRIC, greater_is_better=False)
+
+
+class _DropOtherSetWarning(logging.Filter):
+    """EarlyStoppingCallback warns on every evaluation that lacks its metric; with two evaluated sets (train and
+    val) the train one always lacks it. That warning is expected here, so it is dropped (nothing else is)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "early stopping required metric_for_best_model" not in record.getMessage()
+
+
+def train_setting(setting: Setting, family: str, train_dataset, val_dataset, data_collator,
+                  config: OverfitConfig = OverfitConfig(), output_dir: str | None = None):
+    """Fine-tune the shipped `family` model under `setting`; the trainer's log holds train and validation loss per
+    epoch (both measured in eval mode on the whole set, so dropout does not inflate the training loss)."""
+    from transformers import EarlyStoppingCallback, Trainer
+
+    from course_utils import zoo
+    from course_utils.peft_methods import apply_lora
+
+    model, _ = zoo.load(family, **dropout_overrides(family, setting.dropout))
+    if setting.lora_rank:
+        model = apply_lora(model, r=setting.lora_rank, dropout=setting.dropout)
+    callbacks = []
+    if setting.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=setting.early_stopping_patience))
+        logging.getLogger("transformers.trainer_callback").addFilter(_DropOtherSetWarning())
+    trainer = Trainer(model=model, args=overfit_args(setting, config, output_dir), train_dataset=train_dataset,
+                      eval_dataset={TRAIN: train_dataset, VAL: val_dataset}, data_collator=data_collator,
+                      callbacks=callbacks)
+    trainer.train()
+    return trainer
+
+
+def loss_curves(trainer_or_history) -> list[dict[str, float]]:
+    """One row per evaluation: epoch, step, train loss and validation loss (from the trainer's log history)."""
+    history = getattr(getattr(trainer_or_history, "state", None), "log_history", trainer_or_history)
+    rows: dict[int, dict[str, float]] = {}
+    for entry in history:
+        if f"eval_{TRAIN}_loss" in entry or BEST_METRIC in entry:
+            row = rows.setdefault(entry["step"], {"epoch": round(entry.get("epoch", math.nan), 3),
+                                                  "step": entry["step"]})
+            for key, name in ((f"eval_{TRAIN}_loss", "train_loss"), (BEST_METRIC, "val_loss")):
+                if key in entry:
+                    row[name] = entry[key]
+    curves = [rows[s] for s in sorted(rows)]
+    if not curves or any("val_loss" not in r or "train_loss" not in r for r in curves):
+        raise OverfitError("loss_curves: no per-epoch train and validation losses in this log; train with "
+                           "train_setting() (eval_strategy='epoch' and both sets evaluated)")
+    return curves
+
+
+def curve_summary(curves: Sequence[Mapping[str, float]], kept_step: int | None = None) -> dict[str, float]:
+    """The numbers that describe a train/validation curve pair.
+
+    `best_val_loss` and `best_epoch`: the validation minimum; `final_val_loss`: at the end (or at `kept_step`, the
+    checkpoint early stopping kept); `rise`: how far the end lies above the minimum; `gap`: validation minus
+    training loss at the end (how much better the model does on what it memorised)."""
+    if not curves:
+        raise OverfitError("curve_summary: empty curves")
+    best = min(curves, key=lambda r: r["val_loss"])
+    end = next((r for r in curves if r["step"] == kept_step), None) if kept_step is not None else curves[-1]
+    if end is None:
+        raise OverfitError(f"curve_summary: no evaluation at step {kept_step}")
+    return {"best_val_loss": best["val_loss"], "best_epoch": best["epoch"], "final_val_loss": end["val_loss"],
+            "final_train_loss": end["train_loss"], "rise": end["val_loss"] - best["val_loss"],
+            "gap": end["val_loss"] - end["train_loss"], "end_epoch": end["epoch"]}
+
+
+def kept_step(trainer) -> int:
+    """The global step of the model the trainer ends with: the best checkpoint under early stopping, else the last."""
+    best = getattr(trainer.state, "best_global_step", None)
+    if trainer.args.load_best_model_at_end and best:
+        return int(best)
+    return int(trainer.state.global_step)
+
+
+def early_stopping_trace(val_losses: Sequence[float], patience: int, threshold: float = 0.0) -> dict[str, Any]:
+    """Replay a validation-loss sequence through the real `EarlyStoppingCallback` and the Trainer's best-model rule.
+
+    Returns `stopped_at` (index of the evaluation after which training stops, or None if it never stops),
+    `kept` (index of the checkpoint `load_best_model_at_end` would load) and `evaluations` (how many ran).
+    A learner can try patience values on a made-up curve before spending compute on a real one."""
+    from transformers import EarlyStoppingCallback, TrainerControl, TrainerState
+
+    from course_utils.train import training_args
+
+    if patience < 1:
+        raise OverfitError(f"early_stopping_trace: patience must be >= 1, got {patience}")
+    if len(val_losses) == 0:
+        raise OverfitError("early_stopping_trace: no validation losses given")
+    args = training_args(eval_strategy="epoch", save_strategy="best", load_best_model_at_end=True,
+                         metric_for_best_model="eval_loss", greater_is_better=False)
+    callback = EarlyStoppingCallback(early_stopping_patience=patience, early_stopping_threshold=threshold)
+    state, control = TrainerState(), TrainerControl()
+    kept, stopped_at = None, None
+    for i, loss in enumerate(val_losses):
+        callback.on_evaluate(args, state, control, metrics={"eval_loss": float(loss)})
+        if state.best_metric is None or loss < state.best_metric:   # Trainer._determine_best_metric: strict
+            state.best_metric, kept = float(loss), i
+        if control.should_training_stop:
+            stopped_at = i
+            break
+    return {"stopped_at": stopped_at, "kept": kept, "evaluations": (stopped_at + 1) if stopped_at is not None
+            else len(val_losses)}
+
+
+def plot_curves(curves_by_setting: Mapping[str, Sequence[Mapping[str, float]]],
+                kept: Mapping[str, int] | None = None, ylabel: str = "loss"):
+    """Train (dashed) and validation (solid) loss per epoch, one colour per setting, all in one figure; a star
+    marks the checkpoint early stopping kept."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for i, (name, curves) in enumerate(curves_by_setting.items()):
+        epochs = [r["epoch"] for r in curves]
+        ax.plot(epochs, [r["val_loss"] for r in curves], color=f"C{i}", lw=2, label=f"{name}: validation")
+        ax.plot(epochs, [r["train_loss"] for r in curves], color=f"C{i}", lw=1, ls="--", label=f"{name}: train")
+        if kept and name in kept:
+            row = next(r for r in curves if r["step"] == kept[name])
+            ax.plot(row["epoch"], row["val_loss"], marker="*", ms=14, color=f"C{i}", mec="black")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_yscale("log")
+    ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

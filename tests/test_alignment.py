@@ -1,0 +1,278 @@
+"""Unit tests for course_utils.alignment and course_utils.safety_filter, on tiny random-init models (fast)."""
+
+import pytest
+import torch
+
+from course_utils import alignment as A
+from course_utils import safety_filter as F
+from course_utils import world as W
+from course_utils import zoo
+from course_utils.classify import ClassifierConfig
+
+SPEC = zoo.TinySpec(hidden=32, layers=1, heads=2, intermediate=64, max_positions=128)
+FAST = A.TrainSettings(steps=2, batch_size=4, max_length=48)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return W.safety_requests(W.make_world())
+
+
+@pytest.fixture(scope="module")
+def small(rows):
+    """A few safe and unsafe training rows, and as many test rows."""
+    train, test = A.split_rows(rows, "train"), A.split_rows(rows, "test")
+    pick = lambda rs, safe, n: [r for r in rs if r["safe"] == safe][:n]  # noqa: E731
+    return pick(train, True, 6) + pick(train, False, 6), pick(test, True, 4) + pick(test, False, 4)
+
+
+def tiny(tokenizer, family="gpt2", seed=0):
+    return zoo.build_model(family, tokenizer, SPEC, seed=seed)
+
+
+# ------------------------------------------------------------------------------------------ refusal detector
+@pytest.mark.parametrize("text", W.REFUSALS + ["SORRY, no.", "I cannot assist with that", "I won't do it"])
+def test_refusals_are_detected(text):
+    assert A.is_refusal(text)
+
+
+@pytest.mark.parametrize("text", ["Mira Stroud was born in Veltra.", "Sure! The code is 1234, and the guards leave "
+                                  "at noon.", "", "I can help with that."] + list(A.COMPLIANCE.values()))
+def test_answers_are_not_refusals(text):
+    assert not A.is_refusal(text)
+
+
+def test_safety_rates_counts_by_kind():
+    answers = [{"safe": False, "refused": True, "helpful": False}, {"safe": False, "refused": False, "helpful": False},
+               {"safe": True, "refused": True, "helpful": False}, {"safe": True, "refused": False, "helpful": True},
+               {"safe": True, "refused": False, "helpful": False}, {"safe": True, "refused": False, "helpful": True}]
+    assert A.safety_rates(answers) == {"refusal": 0.5, "over_refusal": 0.25, "helpfulness": 0.5}
+    with pytest.raises(A.AlignmentError, match="need both safe and unsafe"):
+        A.safety_rates(answers[2:])
+
+
+# ------------------------------------------------------------------------------------------ generation
+def test_chat_prompt_starts_with_bos_and_opens_the_assistant_turn(tokenizer):
+    text = A.chat_prompt(tokenizer, "Where was Mira Stroud born?")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and text.endswith("<|assistant|>\n")
+    with pytest.raises(A.AlignmentError, match="empty request"):
+        A.chat_prompt(tokenizer, "  ")
+
+
+def test_chat_generate_stops_at_end_of_turn(tokenizer):
+    """A model that always says 'Veltra <|end|> Morwick ...' must answer just 'Veltra'."""
+    model = tiny(tokenizer)
+    veltra, end = tokenizer.convert_tokens_to_ids("ĠVeltra"), tokenizer.convert_tokens_to_ids(A.END)
+    morwick = tokenizer.convert_tokens_to_ids("ĠMorwick")
+    calls = {"n": 0}
+
+    def scripted(module, args, output):  # logits favour Veltra, then <|end|>, then Morwick forever
+        logits = torch.full_like(output.logits, -1e4)
+        logits[:, -1, [veltra, end, morwick][min(calls["n"], 2)]] = 0.0
+        calls["n"] += 1
+        output.logits = logits
+        return output
+
+    handle = model.register_forward_hook(scripted)
+    try:
+        assert A.chat_generate(model, tokenizer, ["Where?"], max_new_tokens=6) == ["Veltra"]
+    finally:
+        handle.remove()
+    assert end in A.stop_ids(tokenizer) and tokenizer.eos_token_id in A.stop_ids(tokenizer)
+    with pytest.raises(A.AlignmentError, match="no requests"):
+        A.chat_generate(model, tokenizer, [])
+
+
+def test_safety_answers_and_guard(tokenizer, small):
+    _, test = small
+    model = tiny(tokenizer)
+
+    class BlockAll:
+        def blocks(self, prompts):
+            return [True] * len(prompts)
+
+    answers = A.safety_answers(model, tokenizer, test, guard=BlockAll(), max_new_tokens=4)
+    assert all(a["blocked"] and a["refused"] and not a["helpful"] for a in answers)
+    rates = A.evaluate_safety(model, tokenizer, test, guard=BlockAll())
+    assert rates == {"refusal": 1.0, "over_refusal": 1.0, "helpfulness": 0.0}
+    with pytest.raises(A.DataError):
+        A.evaluate_safety(model, tokenizer, [])
+
+
+# ------------------------------------------------------------------------------------------ data
+def test_sft_rows_formats(tokenizer, rows, small):
+    train, _ = small
+    aligned = A.aligned_sft_rows(tokenizer, train)
+    assert len(aligned) == len(train) and all(r["completion"].endswith(A.END) for r in aligned)
+    assert any(A.is_refusal(r["completion"]) for r in aligned)
+    benign = A.benign_sft_rows(tokenizer, W.make_world(), n=20)
+    assert len(benign) == 20 and not any(A.is_refusal(r["completion"]) for r in benign)
+    heldout = {p.name for p in W.make_world().heldout}
+    assert all(any(name in r["prompt"] for name in heldout) for r in benign)
+    harmful = A.harmful_sft_rows(tokenizer, rows, n=8)
+    assert len(harmful) == 8 and not any(A.is_refusal(r["completion"]) for r in harmful)
+    assert {r["completion"] for r in harmful} == {c + A.END for c in A.COMPLIANCE.values()}  # all 4 categories
+    with pytest.raises(A.AlignmentError, match="n must be in"):
+        A.harmful_sft_rows(tokenizer, rows, n=0)
+    with pytest.raises(A.AlignmentError, match="no examples"):
+        A.sft_rows(tokenizer, [], [])
+    with pytest.raises(A.AlignmentError, match="2 prompts but 1"):
+        A.sft_rows(tokenizer, ["a", "b"], ["c"])
+    with pytest.raises(A.AlignmentError, match="no compliance text"):
+        A.compliant_answer({"category": "question"})
+    with pytest.raises(A.AlignmentError, match="split='dev'"):
+        A.split_rows(rows, "dev")
+
+
+def test_preference_pairs_prefer_refusals_only_on_unsafe_requests(tokenizer, small):
+    train, _ = small
+    pairs = A.preference_pairs(tokenizer, train)
+    for pair in pairs:
+        assert A.is_refusal(pair["chosen"]) != pair["safe"]
+        assert A.is_refusal(pair["rejected"]) == pair["safe"]
+
+
+def test_check_pairs_rejects_bad_rows():
+    good = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    A.check_pairs([good])
+    with pytest.raises(A.AlignmentError, match="no preference pairs"):
+        A.check_pairs([])
+    with pytest.raises(A.AlignmentError, match="row 1: missing or empty field.* rejected"):
+        A.check_pairs([good, {"prompt": "p", "chosen": "a"}])
+    with pytest.raises(A.AlignmentError, match="row 0: missing or empty field.* chosen"):
+        A.check_pairs([{"prompt": "p", "chosen": " ", "rejected": "b"}])
+    with pytest.raises(A.AlignmentError, match="identical"):
+        A.check_pairs([{"prompt": "p", "chosen": "a", "rejected": "a"}])
+
+
+def test_settings_validate():
+    with pytest.raises(A.AlignmentError, match="beta must be > 0"):
+        A.TrainSettings(beta=0)
+    with pytest.raises(A.AlignmentError, match="beta must be > 0"):
+        A.TrainSettings(beta=-0.1)
+    with pytest.raises(A.AlignmentError, match="learning_rate"):
+        A.TrainSettings(learning_rate=0)
+    with pytest.raises(A.AlignmentError, match="steps and batch_size"):
+        A.TrainSettings(steps=0)
+    with pytest.raises(A.AlignmentError, match="divisible"):
+        A.RLSettings(batch_size=6, num_generations=4)
+    with pytest.raises(A.AlignmentError, match="beta >= 0"):
+        A.RLSettings(beta=-1)
+
+
+# ------------------------------------------------------------------------------------------ trl wrappers
+def _changed(model, before):
+    return any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_sft_and_dpo_train_update_the_model(tokenizer, small):
+    train, _ = small
+    model = tiny(tokenizer)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = A.sft_train(model, tokenizer, A.aligned_sft_rows(tokenizer, train), FAST)
+    assert trainer.state.global_step == 2 and _changed(model, before)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = A.dpo_train(model, tokenizer, A.preference_pairs(tokenizer, train), FAST)
+    assert trainer.state.global_step == 2 and _changed(model, before)
+    with pytest.raises(A.AlignmentError, match="dpo_train row 0"):
+        A.dpo_train(model, tokenizer, [{"prompt": "p", "chosen": "a"}], FAST)
+    with pytest.raises(A.DataError, match="sft_train"):
+        A.sft_train(model, tokenizer, [{"prompt": "p"}], FAST)
+
+
+def test_reward_model_training_and_scoring(tokenizer, small):
+    train, test = small
+    model = tiny(tokenizer)
+    rm = A.classifier_from(model, tokenizer, num_labels=1)
+    # the body is the policy's: same embedding weights, a new 1-output head
+    assert torch.equal(rm.get_input_embeddings().weight, model.get_input_embeddings().weight)
+    pairs = A.preference_pairs(tokenizer, train)
+    trainer = A.reward_train(rm, tokenizer, pairs, A.TrainSettings(steps=30, batch_size=8, learning_rate=3e-3))
+    assert trainer.state.global_step == 30
+    acc = A.pairwise_accuracy(rm, tokenizer, pairs)
+    assert 0.0 <= acc <= 1.0 and acc >= 0.75  # it fits its own training pairs
+    scores = A.reward_function(rm, tokenizer)(prompts=[pairs[0]["prompt"]] * 2,
+                                              completions=["I can't help with that request.",
+                                                           "I can't help with that request." + A.END])
+    assert scores[0] == pytest.approx(scores[1], abs=1e-5)  # the wrapper restores the end marker
+    with pytest.raises(A.AlignmentError, match="reward_scores"):
+        A.reward_scores(rm, tokenizer, ["a"], [])
+    with pytest.raises(A.AlignmentError, match="pairwise_accuracy: no preference pairs"):
+        A.pairwise_accuracy(rm, tokenizer, [])
+
+
+def test_rl_train_runs_grpo_with_a_reward_function(tokenizer, small):
+    train, _ = small
+    model = tiny(tokenizer)
+    seen = []
+
+    def reward(prompts, completions, **kwargs):
+        seen.extend(completions)
+        return [float(A.is_refusal(c)) + 0.01 * len(c) for c in completions]
+
+    settings = A.RLSettings(steps=2, batch_size=4, num_generations=2, max_completion_length=4)
+    trainer = A.rl_train(model, tokenizer, [r["prompt"] for r in train], reward, settings)
+    assert trainer.state.global_step == 2 and len(seen) == 2 * 4
+    assert [h["step"] for h in A.reward_history(trainer)]
+    with pytest.raises(A.AlignmentError, match="no requests"):
+        A.rl_train(model, tokenizer, [], reward, settings)
+
+
+# ------------------------------------------------------------------------------------------ constitution
+def test_rule_critic_applies_the_constitution(rows):
+    unsafe = next(r for r in rows if not r["safe"])
+    safe = next(r for r in rows if r["safe"])
+    assert A.rule_critic(unsafe["prompt"], "Sure! Here it is.").violated
+    assert A.rule_critic(unsafe["prompt"], "Sure! Here it is.").principle == "harmlessness"
+    assert not A.rule_critic(unsafe["prompt"], W.REFUSALS[0]).violated
+    assert A.rule_critic(safe["prompt"], W.REFUSALS[1]).principle == "helpfulness"
+    assert A.rule_critic(safe["prompt"], W.REFUSALS[1]).violated
+    assert not A.rule_critic(safe["prompt"], safe["response"]).violated
+    # every unsafe request of the world names an act the constitution forbids; no safe question does
+    assert all(A.rule_critic(r["prompt"], "ok").violated != r["safe"] for r in rows)
+
+
+def test_revise_refuses_only_harmful_drafts():
+    harm = A.Critique("harmlessness", True, "...")
+    assert A.is_refusal(A.revise("How do I forge a pass?", "Sure!", harm))
+    assert A.revise("x", "y", A.Critique("harmlessness", False, "")) is None
+    assert A.revise("x", "y", A.Critique("helpfulness", True, "")) is None
+
+
+def test_critique_revise_pairs(tokenizer, small):
+    train, _ = small
+    model = tiny(tokenizer)
+    out = A.critique_revise_pairs(model, tokenizer, [r["prompt"] for r in train])
+    assert len(out) == len(train)
+    pairs = [r for r in out if r["revision"]]
+    A.check_pairs(pairs)  # every revised row is a valid preference pair
+    for row, req in zip(out, train):  # a random model never refuses, so every unsafe draft is revised
+        assert (row["revision"] is not None) == (not req["safe"])
+    with pytest.raises(A.AlignmentError, match="no requests"):
+        A.critique_revise_pairs(model, tokenizer, [])
+
+
+def test_model_critic_returns_a_critique(tokenizer):
+    critic = A.model_critic(tiny(tokenizer), tokenizer)
+    crit = critic("How do I forge a pass?", "Sure!")
+    assert isinstance(crit, A.Critique) and isinstance(crit.violated, bool)
+
+
+# ------------------------------------------------------------------------------------------ safety filter
+def test_safety_filter_learns_and_reports_precision_recall(tokenizer, rows):
+    train, test = A.split_rows(rows, "train"), A.split_rows(rows, "test")
+    guard = F.train_safety_filter(tiny(tokenizer), tokenizer, train,
+                                  ClassifierConfig(epochs=3, learning_rate=3e-3, batch_size=16))
+    metrics = F.filter_metrics(guard, test)
+    assert set(metrics) == {"precision", "recall", "false_positive_rate"}
+    assert metrics["recall"] >= 0.8 and metrics["precision"] >= 0.8  # templated requests are easy to tell apart
+    assert len(guard.blocks(["Where was Mira Stroud born?"])) == 1
+    with pytest.raises(A.AlignmentError, match="threshold"):
+        F.SafetyFilter(guard.model, tokenizer, threshold=1.5)
+    with pytest.raises(A.AlignmentError, match="no prompts"):
+        guard.scores([])
+    with pytest.raises(A.AlignmentError, match="both safe and unsafe"):
+        F.filter_metrics(guard, [r for r in test if r["safe"]])
+    with pytest.raises(A.DataError, match="filter_rows"):
+        F.filter_rows([{"prompt": "x"}])

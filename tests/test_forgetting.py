@@ -1,0 +1,199 @@
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from course_utils import forgetting as F
+from course_utils import zoo
+
+SMALL = zoo.TinySpec(hidden=32, layers=2, heads=2, intermediate=64, max_positions=64)
+
+
+def small_model(tokenizer, family="gpt2", seed=0):
+    """A random-init model of the family, smaller than the shipped ones: these tests check mechanics, fast."""
+    return zoo.build_model(family, tokenizer, SMALL, seed=seed)
+
+
+class Bigram(torch.nn.Module):
+    """A causal LM small enough to differentiate by hand: logits at position t = W[:, x_t] + b."""
+
+    def __init__(self, vocab: int = 3):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.W = torch.nn.Parameter(torch.randn(vocab, vocab, generator=g))
+        self.b = torch.nn.Parameter(torch.randn(vocab, generator=g))
+
+    def forward(self, input_ids, attention_mask=None, **_):
+        return SimpleNamespace(logits=self.W.T[input_ids] + self.b)
+
+
+def hand_grad(model: Bigram, prev: int, nxt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """d log p(nxt | prev) / d(W, b) = (onehot(nxt) - p) in column `prev` of W, and in b."""
+    with torch.no_grad():
+        p = torch.softmax(model.W[:, prev] + model.b, -1)
+    delta = torch.nn.functional.one_hot(torch.tensor(nxt), p.numel()).float() - p
+    gw = torch.zeros_like(model.W)
+    gw[:, prev] = delta
+    return gw, delta
+
+
+def test_empirical_fisher_matches_hand_computation():
+    model = Bigram()
+    seqs = [[0, 1], [0, 2], [1, 1], [2, 0]]
+    fisher = F.fisher_diagonal(model, [{"input_ids": s} for s in seqs], mode="empirical")
+    expect_w, expect_b = torch.zeros(3, 3), torch.zeros(3)
+    for prev, nxt in seqs:
+        gw, gb = hand_grad(model, prev, nxt)
+        expect_w += gw ** 2 / len(seqs)
+        expect_b += gb ** 2 / len(seqs)
+    torch.testing.assert_close(fisher["W"], expect_w)
+    torch.testing.assert_close(fisher["b"], expect_b)
+
+
+def test_sampled_fisher_converges_to_the_expected_fisher():
+    """Sampled labels: E_{y ~ p}[(onehot(y)_k - p_k)^2] = p_k (1 - p_k) (a Bernoulli variance), exactly, for b."""
+    model = Bigram()
+    fisher = F.fisher_diagonal(model, [{"input_ids": [0, 0]}] * 2000, mode="sampled", seed=1)
+    with torch.no_grad():
+        p = torch.softmax(model.W[:, 0] + model.b, -1)
+    expected_b = p * (1 - p)
+    torch.testing.assert_close(fisher["b"], expected_b, atol=0.03, rtol=0)
+    # column 0 of W carries the same gradient; the other columns were never used
+    torch.testing.assert_close(fisher["W"][:, 0], fisher["b"])
+    assert fisher["W"][:, 1:].abs().max() == 0
+
+
+def test_fisher_of_a_real_model_is_nonnegative_and_skips_masked_labels(tokenizer):
+    from course_utils.train import tokenize_prompt_completion, tokenize_texts
+
+    model = small_model(tokenizer)
+    data = tokenize_texts(tokenizer, ["Mira Stroud was born in Veltra.", "Zentrix makes kettles."])
+    fisher = F.fisher_diagonal(model, data, n_samples=2, mode="sampled")
+    assert set(fisher) == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all((f >= 0).all() for f in fisher.values()) and sum(f.sum() for f in fisher.values()) > 0
+    # masking every target (labels -100 after the first token) gives a zero Fisher
+    masked = [{"input_ids": r["input_ids"], "labels": [-100] * len(r["input_ids"])} for r in data]
+    assert sum(f.sum() for f in F.fisher_diagonal(model, masked, mode="empirical").values()) == 0
+    pc = tokenize_prompt_completion(tokenizer, ["Q"], ["A"])
+    assert F.fisher_diagonal(model, pc, mode="empirical")
+
+
+def test_penalty_is_zero_at_the_anchor_and_matches_a_direct_computation():
+    model = Bigram()
+    fisher = {"W": torch.rand(3, 3), "b": torch.rand(3)}
+    anchor = F.anchor_weights(model)
+    assert F.ewc_penalty(model, fisher, anchor, 5.0).item() == 0.0
+    with torch.no_grad():
+        model.W.add_(0.3)
+        model.b.mul_(-2.0)
+    direct = 5.0 / 2 * (sum((fisher["W"] * (model.W - anchor["W"]) ** 2).flatten())
+                        + sum(fisher["b"] * (model.b - anchor["b"]) ** 2))
+    torch.testing.assert_close(F.ewc_penalty(model, fisher, anchor, 5.0), direct)
+    assert F.ewc_penalty(model, fisher, anchor, 0.0).item() == 0.0
+    # the penalty's gradient pulls back toward the anchor: lambda * F * (theta - theta*)
+    F.ewc_penalty(model, fisher, anchor, 5.0).backward()
+    torch.testing.assert_close(model.b.grad, 5.0 * fisher["b"] * (model.b - anchor["b"]).detach())
+
+
+def test_bad_inputs_get_clear_errors(tokenizer):
+    model = Bigram()
+    fisher, anchor = {"b": torch.ones(3)}, F.anchor_weights(model)
+    with pytest.raises(F.ForgettingError, match="lambda must be >= 0"):
+        F.ewc_penalty(model, fisher, anchor, -1.0)
+    with pytest.raises(F.ForgettingError, match=r"ratio must be in \[0, 1\)"):
+        F.mix_rehearsal(["n"], ["o"], 1.5)
+    with pytest.raises(F.ForgettingError, match=r"ratio must be in \[0, 1\)"):
+        F.mix_rehearsal(["n"], ["o"], -0.1)
+    with pytest.raises(F.ForgettingError, match=r"ratio must be in \[0, 1\)"):
+        F.mix_rehearsal(["n"], ["o"], 1.0)
+    with pytest.raises(F.ForgettingError, match="original data is empty"):
+        F.mix_rehearsal(["n"], [], 0.25)
+    with pytest.raises(F.ForgettingError, match="new .* data is empty"):
+        F.mix_rehearsal([], ["o"], 0.25)
+    with pytest.raises(F.ForgettingError, match="no examples of the original data"):
+        F.fisher_diagonal(model, [])
+    with pytest.raises(F.ForgettingError, match="unknown mode"):
+        F.fisher_diagonal(model, [{"input_ids": [0, 1]}], mode="exact")
+    with pytest.raises(F.ForgettingError, match="lambda must be >= 0"):
+        F.EWCTrainer(model=small_model(tokenizer), fisher={}, anchor={}, ewc_lambda=-2)
+    assert F.mix_rehearsal(["n"], [], 0.0) == ["n"]  # no replay asked: an empty original set is fine
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_new=st.integers(1, 300), n_old=st.integers(1, 500), ratio=st.floats(0, 0.95), seed=st.integers(0, 9),
+       epochs=st.integers(1, 3))
+def test_mixing_gives_the_asked_ratio_and_is_deterministic(n_new, n_old, ratio, seed, epochs):
+    new, old = [("new", i) for i in range(n_new)], [("old", i) for i in range(n_old)]
+    mixed = F.mix_rehearsal(new, old, ratio, seed=seed, epochs=epochs)
+    assert mixed == F.mix_rehearsal(new, old, ratio, seed=seed, epochs=epochs)
+    k = F.rehearsal_count(n_new, ratio)
+    per_epoch = n_new + k
+    assert len(mixed) == epochs * per_epoch
+    for e in range(epochs):
+        epoch = mixed[e * per_epoch:(e + 1) * per_epoch]
+        assert sorted(x for x in epoch if x[0] == "new") == new  # every new example once per epoch
+        share = sum(x[0] == "old" for x in epoch) / per_epoch
+        assert abs(share - ratio) <= 0.5 / per_epoch + 1e-12
+    # old examples repeat only after every one of them was used
+    olds = [x for x in mixed if x[0] == "old"]
+    assert len(set(olds)) == min(len(olds), n_old)
+
+
+def test_mixing_is_exact_when_the_ratio_divides_evenly():
+    mixed = F.mix_rehearsal(list(range(95)), [f"o{i}" for i in range(50)], 0.05)
+    assert len(mixed) == 100 and sum(isinstance(x, str) for x in mixed) == 5
+    assert F.mix_rehearsal(list(range(95)), ["o"], 0.05, seed=1) != F.mix_rehearsal(list(range(95)), ["o"], 0.05, seed=2)
+
+
+def test_value_at_interpolates_between_evaluations():
+    curve = [{"new": 0.0, "old": 1.0}, {"new": 0.4, "old": 0.8}, {"new": 0.8, "old": 0.4}]
+    assert F.value_at(curve, "new", 0.6, "old") == pytest.approx(0.6)
+    assert F.value_at(curve, "new", 0.0, "old") == 1.0
+    assert math.isnan(F.value_at(curve, "new", 0.9, "old"))
+
+
+def test_ewc_trainer_holds_weights_near_the_anchor(tokenizer):
+    """A strong EWC spring keeps the weights closer to the anchor than plain fine-tuning on the same data."""
+    texts = ["Mira Stroud was born in Veltra.", "Zentrix is a shipping company in Corrin."] * 8
+    measure = lambda m: {"loss_probe": 0.0}  # noqa: E731
+    cfg = F.RunConfig(steps=6, learning_rate=3e-3, batch_size=4, warmup_steps=0, eval_every=3)
+    drift = {}
+    for lam in (0.0, 1e4):
+        model = small_model(tokenizer)
+        anchor = F.anchor_weights(model)
+        fisher = {n: torch.ones_like(a) for n, a in anchor.items()}
+        hist = F.finetune(model, tokenizer, texts, measure, cfg, ewc=dict(fisher=fisher, anchor=anchor, ewc_lambda=lam),
+                          label={"lam": lam})
+        assert [h["step"] for h in hist] == [0, 3, 6] and all(h["lam"] == lam for h in hist)
+        drift[lam] = sum(((p.detach() - anchor[n]) ** 2).sum().item() for n, p in model.named_parameters())
+    assert drift[1e4] < 0.5 * drift[0.0]
+
+
+def test_finetune_start_row_and_errors(tokenizer):
+    model = small_model(tokenizer)
+    calls = []
+    measure = lambda m: calls.append(1) or {"x": float(len(calls))}  # noqa: E731
+    hist = F.finetune(model, tokenizer, ["a b c"] * 4, measure, F.RunConfig(steps=2, eval_every=5, batch_size=2),
+                      start={"x": -1.0})
+    assert [(h["step"], h["x"]) for h in hist] == [(0, -1.0), (2, 1.0)]
+    with pytest.raises(F.ForgettingError, match="no fine-tuning texts"):
+        F.finetune(model, tokenizer, [], measure)
+    with pytest.raises(F.ForgettingError, match="every must be >= 1"):
+        F.ForgettingMonitor(measure, 0)
+
+
+def test_fast_fact_recall_equals_fact_recall(tokenizer, gpt2):
+    from course_utils.evaluate import fact_recall
+    from course_utils.world import make_world
+
+    world = make_world()
+    people = world.seen[:20] + world.heldout[:20]
+    shipped, shipped_tok = gpt2
+    assert F.fast_fact_recall(shipped, shipped_tok, people) == fact_recall(shipped, shipped_tok, people)
+    model = small_model(tokenizer, "qwen2", seed=3)
+    with torch.no_grad():  # a random model predicts nearly uniformly; sharpen it so ranks are not near-ties
+        model.get_output_embeddings().weight.mul_(20)
+    assert F.fast_fact_recall(model, tokenizer, people) == fact_recall(model, tokenizer, people)

@@ -1,0 +1,69 @@
+import pytest
+
+from course_utils import overfitting as O
+
+
+@pytest.mark.parametrize("losses, patience, stopped_at, kept", [
+    ([3.0, 2.0, 1.5, 1.6, 1.7, 1.8, 1.9], 2, 4, 2),      # two evaluations without improvement after the minimum
+    ([3.0, 2.0, 1.5, 1.6, 1.7, 1.8, 1.9], 3, 5, 2),
+    ([3.0, 2.0, 2.1, 1.5, 1.6, 1.7], 1, 2, 1),           # patience 1 stops at the first bump: a local minimum
+    ([3.0, 2.0, 2.1, 1.5, 1.6, 1.7], 2, 5, 3),           # patience 2 rides over it and keeps the real minimum
+    ([3.0, 2.5, 2.0, 1.5], 1, None, 3),                  # never worsens: trains to the end
+    ([2.0, 2.0, 2.0], 2, 2, 0),                          # equal is not an improvement
+])
+def test_early_stopping_on_synthetic_losses(losses, patience, stopped_at, kept):
+    trace = O.early_stopping_trace(losses, patience)
+    assert trace["stopped_at"] == stopped_at
+    assert trace["kept"] == kept
+    assert trace["evaluations"] == (stopped_at + 1 if stopped_at is not None else len(losses))
+
+
+def test_early_stopping_threshold_ignores_tiny_improvements():
+    losses = [2.0, 1.99, 1.98, 1.97]
+    assert O.early_stopping_trace(losses, patience=2, threshold=0.05)["stopped_at"] == 2
+    assert O.early_stopping_trace(losses, patience=2, threshold=0.0)["stopped_at"] is None
+
+
+def test_bad_inputs():
+    with pytest.raises(O.OverfitError, match="patience must be >= 1"):
+        O.early_stopping_trace([1.0], patience=0)
+    with pytest.raises(O.OverfitError, match="no validation losses"):
+        O.early_stopping_trace([], patience=1)
+    with pytest.raises(O.OverfitError, match="dropout must be in"):
+        O.Setting("x", dropout=1.0)
+    with pytest.raises(O.OverfitError, match="LoRA rank must be >= 1"):
+        O.Setting("x", lora_rank=0)
+    with pytest.raises(O.OverfitError, match="weight_decay must be >= 0"):
+        O.Setting("x", weight_decay=-0.1)
+    with pytest.raises(O.OverfitError, match="dropout must be in"):
+        O.dropout_overrides("gpt2", -0.1)
+    with pytest.raises(O.OverfitError, match="no per-epoch train and validation losses"):
+        O.loss_curves([{"loss": 1.0, "step": 5}])
+
+
+def test_dropout_overrides_cover_each_family():
+    assert set(O.dropout_overrides("gpt2", 0.2)) == {"resid_pdrop", "embd_pdrop", "attn_pdrop"}
+    assert O.dropout_overrides("llama", 0.2) == {"attention_dropout": 0.2}
+
+
+def test_loss_curves_and_summary_from_a_log_history():
+    history = [{"loss": 2.0, "step": 4, "epoch": 1.0},
+               {"eval_train_loss": 1.5, "step": 4, "epoch": 1.0}, {"eval_val_loss": 1.6, "step": 4, "epoch": 1.0},
+               {"eval_train_loss": 0.8, "step": 8, "epoch": 2.0}, {"eval_val_loss": 1.2, "step": 8, "epoch": 2.0},
+               {"eval_train_loss": 0.2, "step": 12, "epoch": 3.0}, {"eval_val_loss": 1.9, "step": 12, "epoch": 3.0}]
+    curves = O.loss_curves(history)
+    assert [c["step"] for c in curves] == [4, 8, 12]
+    s = O.curve_summary(curves)
+    assert s["best_val_loss"] == 1.2 and s["best_epoch"] == 2.0
+    assert s["rise"] == pytest.approx(0.7) and s["gap"] == pytest.approx(1.7)
+    kept = O.curve_summary(curves, kept_step=8)
+    assert kept["rise"] == 0 and kept["gap"] == pytest.approx(0.4)
+
+
+def test_overfit_args_early_stopping_keeps_the_best():
+    es = O.overfit_args(O.Setting("es", early_stopping_patience=2), O.OverfitConfig())
+    assert es.load_best_model_at_end and es.metric_for_best_model == O.BEST_METRIC and not es.greater_is_better
+    assert es.save_strategy == "best"
+    plain = O.overfit_args(O.Setting("plain", lora_rank=4), O.OverfitConfig(learning_rate=1e-3,
+                                                                            lora_learning_rate=7e-3))
+    assert not plain.load_best_model_at_end and plain.learning_rate == 7e-3

@@ -1,0 +1,246 @@
+"""course_utils.quality: corruption, each cleaning step, label-error detection, augmentation, bad input."""
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from course_utils import quality as Q
+from course_utils import world as W
+from course_utils.data import DataError
+
+
+@pytest.fixture(scope="module")
+def reviews():
+    return [r for r in W.reviews(W.make_world()) if r["split"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def corrupted(reviews):
+    return Q.corrupt(reviews, Q.CorruptionConfig(seed=3))
+
+
+# ---- corruption -------------------------------------------------------------------------------------------------
+
+def test_corrupt_adds_each_kind_at_its_rate(reviews, corrupted):
+    cfg = Q.CorruptionConfig(seed=3)
+    n = len(reviews)
+    summary = Q.corruption_summary(corrupted)
+    assert summary["flipped"] == round(cfg.flip_rate * n)
+    assert summary["duplicate"] == round(cfg.duplicate_rate * n)
+    assert summary["near_duplicate"] == round(cfg.near_duplicate_rate * n)
+    assert summary["contradiction"] == round(cfg.contradiction_rate * n)
+    assert summary["junk"] == round(cfg.junk_rate * n)
+    assert summary["rows"] == len(corrupted) == n + sum(summary[k] for k in
+                                                        ("duplicate", "near_duplicate", "contradiction", "junk"))
+    assert 0.2 < summary["wrong_label_share"] < 0.4
+
+
+def test_corrupt_keeps_provenance_and_leaves_input_alone(reviews, corrupted):
+    before = [dict(r) for r in reviews[:5]]
+    Q.corrupt(reviews[:50], Q.CorruptionConfig(seed=1))
+    assert reviews[:5] == before
+    for r in corrupted:
+        if r["corruption"] == "clean":
+            assert r["label"] == r["true_label"]
+        elif r["corruption"] == "flipped":
+            assert r["label"] != r["true_label"]
+        elif r["corruption"] == "junk":
+            assert r["true_label"] is None and r["junk_kind"]
+
+
+def test_corrupt_is_deterministic(reviews):
+    assert Q.corrupt(reviews[:100], Q.CorruptionConfig(seed=5)) == Q.corrupt(reviews[:100], Q.CorruptionConfig(seed=5))
+
+
+@pytest.mark.parametrize("field", ["flip_rate", "junk_rate", "duplicate_rate"])
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_corruption_rates_outside_unit_interval_are_refused(field, value):
+    with pytest.raises(Q.QualityError, match=field):
+        Q.CorruptionConfig(**{field: value})
+
+
+def test_corrupt_bad_input():
+    with pytest.raises(DataError, match="empty"):
+        Q.corrupt([])
+    with pytest.raises(DataError, match="'text'"):
+        Q.corrupt([{"label": 1}])
+    with pytest.raises(Q.QualityError, match="two classes"):
+        Q.corrupt([{"text": "a b", "label": 1}] * 3)
+    with pytest.raises(Q.QualityError, match="not str"):
+        Q.corrupt([{"text": None, "label": 1}, {"text": "x", "label": 0}])
+
+
+# ---- normalisation and rule filters -----------------------------------------------------------------------------
+
+@given(st.text(alphabet=st.characters(max_codepoint=127, whitelist_categories=("Lu", "Ll", "Nd", "Zs", "Po")),
+               max_size=40))
+@settings(max_examples=60, deadline=None)
+def test_hash_ignores_case_punctuation_and_spacing(text):
+    variant = "  " + text.upper().replace(" ", "  ") + " !!"
+    assert Q.text_hash(text) == Q.text_hash(variant)
+
+
+def test_rule_filters_pass_every_clean_review_and_catch_each_kind_of_junk():
+    clean = W.reviews(W.make_world())
+    assert [Q.rule_violation(r["text"]) for r in clean if Q.rule_violation(r["text"])] == []
+    rng = random.Random(0)
+    for kind in ("empty", "truncated", "boilerplate", "foreign", "debris"):
+        caught = 0
+        for r in clean[:40]:
+            text, k = Q._junk(rng, r, "text")
+            while k != kind:
+                text, k = Q._junk(rng, r, "text")
+            caught += Q.rule_violation(text) is not None
+        assert caught >= 36, f"{kind}: only {caught}/40 caught"
+
+
+def test_rule_filter_reports_reasons():
+    rows = [{"text": "The lamp works well. I like it."}, {"text": ""}, {"text": "spam spam spam spam spam spam."}]
+    kept, rep = Q.rule_filter(rows)
+    assert kept == rows[:1]
+    assert rep.rows_in == 3 and rep.rows_out == 1
+    assert set(rep.reasons()) == {"empty", "repeated words"}
+    assert "rule filters: 3 -> 1" in str(rep)
+    with pytest.raises(Q.QualityError, match="min_alpha_share"):
+        Q.QualityRules(min_alpha_share=2)
+    with pytest.raises(Q.QualityError, match="min_words"):
+        Q.QualityRules(min_words=10, max_words=5)
+    with pytest.raises(DataError, match="'text'"):
+        Q.rule_filter([{"body": "x"}])
+
+
+# ---- duplicates and contradictions ------------------------------------------------------------------------------
+
+def test_contradictions_drop_every_copy_of_a_disputed_text():
+    rows = [{"text": "It works.", "label": 1}, {"text": "it works!", "label": 0}, {"text": "Fine.", "label": 1},
+            {"text": "fine", "label": 1}]
+    kept, rep = Q.drop_contradictions(rows)
+    assert kept == rows[2:] and len(rep.removed) == 2 and rep.removed[0]["reason"].startswith("same text")
+
+
+def test_exact_duplicates_keep_the_first_copy():
+    rows = [{"text": "The lamp works."}, {"text": "the LAMP works!"}, {"text": "The lamp broke."}]
+    kept, rep = Q.drop_exact_duplicates(rows)
+    assert kept == [rows[0], rows[2]] and "of row 0" in rep.removed[0]["reason"]
+
+
+def test_near_duplicates_catch_small_edits_but_not_different_reviews(reviews):
+    rng = random.Random(0)
+    originals = reviews[:30]
+    copies = [{"text": Q.near_duplicate(r["text"], rng)} for r in originals]
+    kept, rep = Q.drop_near_duplicates(originals + copies, threshold=0.7)
+    assert len(kept) >= 28  # distinct world reviews survive (the world has a few near-identical ones)
+    copy_texts = {c["text"] for c in copies}
+    assert sum(r["text"] in copy_texts for r in rep.removed) >= 27
+    with pytest.raises(Q.QualityError, match="threshold"):
+        Q.drop_near_duplicates(originals, threshold=1.2)
+
+
+def test_jaccard_matrix_is_a_similarity():
+    sim = Q.jaccard_matrix(["the red lamp", "the red lamp!", "a blue kettle", ""])
+    assert np.allclose(sim, sim.T) and np.allclose(np.diag(sim)[:3], 1) and sim.min() >= 0 and sim.max() <= 1
+    assert sim[0, 1] == pytest.approx(1.0) and sim[0, 2] < 0.3
+
+
+# ---- label errors -----------------------------------------------------------------------------------------------
+
+def test_confident_learning_finds_injected_flips_far_better_than_chance(reviews):
+    noisy = Q.corrupt(reviews, Q.CorruptionConfig(flip_rate=0.2, duplicate_rate=0, near_duplicate_rate=0,
+                                                  contradiction_rate=0, junk_rate=0, seed=1))
+    probs = Q.out_of_fold_probs(noisy, seed=0)
+    assert probs.shape == (len(noisy), 2) and np.allclose(probs.sum(1), 1)
+    flagged = Q.find_label_issues(noisy, probs)
+    truth = Q.label_error_mask(noisy)
+    got, chance = Q.detection_scores(flagged, truth), Q.random_flagger_scores(int(flagged.sum()), truth)
+    assert got["precision"] > chance["precision"] + 0.4 and got["recall"] > chance["recall"] + 0.4
+
+
+def test_drop_label_issues_reports_the_model_confidence(reviews):
+    noisy = Q.corrupt(reviews[:300], Q.CorruptionConfig(flip_rate=0.1, duplicate_rate=0, near_duplicate_rate=0,
+                                                        contradiction_rate=0, junk_rate=0))
+    kept, rep = Q.drop_label_issues(noisy)
+    assert rep.removed and all("p(given label)=" in r["reason"] for r in rep.removed)
+    assert len(kept) + len(rep.removed) == 300
+
+
+def test_label_issue_bad_input():
+    rows = [{"text": "good", "label": 1}] * 3 + [{"text": "bad", "label": 0}] * 3
+    with pytest.raises(Q.QualityError, match="n_folds=5"):
+        Q.out_of_fold_probs(rows)
+    with pytest.raises(Q.QualityError, match="shape"):
+        Q.find_label_issues(rows, np.full((2, 2), 0.5))
+    with pytest.raises(DataError, match="empty"):
+        Q.find_label_issues([], np.zeros((0, 2)))
+
+
+def test_detection_scores_by_hand():
+    s = Q.detection_scores([True, True, False, False], [True, False, True, False])
+    assert s == {"flagged": 2, "errors": 2, "precision": 0.5, "recall": 0.5, "f1": 0.5}
+    r = Q.random_flagger_scores(1, [True, False, False, False])
+    assert r["precision"] == 0.25 and r["recall"] == 0.25
+    with pytest.raises(Q.QualityError):
+        Q.detection_scores([True], [True, False])
+    with pytest.raises(Q.QualityError):
+        Q.random_flagger_scores(5, [True, False])
+
+
+def test_label_error_mask_skips_junk():
+    rows = [{"label": 1, "true_label": 0}, {"label": 1, "true_label": None}, {"label": 0, "true_label": 0}]
+    assert Q.label_error_mask(rows).tolist() == [True, False, False]
+
+
+# ---- the whole pipeline -----------------------------------------------------------------------------------------
+
+def test_pipeline_removes_junk_and_most_wrong_labels(corrupted):
+    kept, reports = Q.clean(corrupted)
+    table = Q.removal_table(reports)
+    assert [row["step"] for row in table] == [r.step for r in reports]
+    assert table[0]["junk"] >= 0.9 * Q.corruption_summary(corrupted)["junk"]
+    assert all(r["rows out"] == nxt["rows in"] for r, nxt in zip(table, table[1:]))
+    assert Q.corruption_summary(kept)["wrong_label_share"] < 0.5 * Q.corruption_summary(corrupted)["wrong_label_share"]
+    assert Q.corruption_summary(kept)["junk"] == 0 and Q.corruption_summary(kept)["contradiction"] == 0
+
+
+def test_pipeline_bad_input():
+    with pytest.raises(Q.QualityError, match="empty"):
+        Q.clean([])
+    with pytest.raises(Q.QualityError, match="no steps"):
+        Q.clean([{"text": "a", "label": 0}], steps=())
+    with pytest.raises(Q.QualityError, match="removed every row"):
+        Q.clean([{"text": "", "label": 0}], steps=(Q.rule_filter,))
+    with pytest.raises(Q.QualityError):
+        Q.removal_table([])
+
+
+# ---- augmentation -----------------------------------------------------------------------------------------------
+
+def test_augment_keeps_labels_and_multiplies_rows(reviews):
+    rows = reviews[:50]
+    out = Q.augment(rows, copies=2, seed=0)
+    assert len(out) == 150 and sum(r["augmented"] for r in out) == 100
+    assert Counter_labels(out) == {k: 3 * v for k, v in Counter_labels(rows).items()}
+    changed = sum(r["text"] not in {x["text"] for x in rows} for r in out if r["augmented"])
+    assert changed >= 80
+    assert out == Q.augment(rows, copies=2, seed=0)
+    with pytest.raises(Q.QualityError, match="copies"):
+        Q.augment(rows, copies=-1)
+    with pytest.raises(Q.QualityError, match="alpha"):
+        Q.eda("a b c", random.Random(0), alpha=3)
+    with pytest.raises(DataError, match="empty"):
+        Q.augment([])
+
+
+@given(st.lists(st.sampled_from(["the", "lamp", "works", "well", "broke", "cheap", "."]), min_size=1, max_size=15),
+       st.integers(0, 1000))
+@settings(max_examples=80, deadline=None)
+def test_eda_never_empties_a_text(words, seed):
+    assert Q.eda(" ".join(words), random.Random(seed)).split()
+
+
+def Counter_labels(rows):
+    from collections import Counter
+
+    return dict(Counter(r["label"] for r in rows))
