@@ -1,9 +1,10 @@
-"""The `course` command: `doctor`, `build`, `run`.
+"""The `course` command: `doctor`, `build`, `run`, `report`.
 
     course doctor            check Python, pinned packages, shipped data and models (and the GPU with --gpu)
     course build             regenerate data, tokenizer and the three tiny models (minutes per model)
     course build --smoke --out DIR   the same code path in a few steps, into a scratch folder (CI does this)
     course run [LESSON ...]  execute lessons in order; prints runtime, peak memory and pass/fail per lesson
+    course report            one HTML page (runs/report.html) with every lesson's measured table and checks
 """
 
 from __future__ import annotations
@@ -97,6 +98,14 @@ def cmd_run(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_report(args) -> int:
+    from course_utils.report import write_report
+
+    out = write_report(Path(args.out) if args.out else None)
+    print(f"wrote {out.name} in {out.parent.name}/ (open it in a browser)")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="course", description="The fine-tuning course's command.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -115,6 +124,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--write", action="store_true", help="store the fresh outputs in the committed notebooks")
     r.add_argument("--keep-going", action="store_true", help="run the remaining lessons after a failure")
     r.set_defaults(func=cmd_run)
+    rep = sub.add_parser("report", help="render every lesson's measured results as one HTML page")
+    rep.add_argument("--out", help="output file (default: runs/report.html)")
+    rep.set_defaults(func=cmd_report)
     return p
 
 

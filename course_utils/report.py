@@ -1,0 +1,117 @@
+"""`course report`: one HTML page with every lesson's measured table, the status of its checked findings, the
+published figure it echoes, and its last measured runtime.
+
+It reads only what the lessons saved (`runs/results/<lesson>.json`, see `results.py`) and what `course run`
+measured (`runs/run-*/benchmark.json`), so every number on the page was computed by a notebook. An instructor can
+open the page after a workshop run and see, lesson by lesson, what reproduced on that machine.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+from course_utils.errors import CourseError
+from course_utils.paths import NOTEBOOKS_DIR, RUNS_DIR
+from course_utils.results import load_results, results_dir, saved_lessons
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td.text { text-align: left; }
+.pass { color: #176b2c; font-weight: 600; } .fail { color: #a31515; font-weight: 600; }
+.missing { color: #8a6d00; } .echo { color: #555; font-style: italic; }
+"""
+
+
+def latest_benchmarks(runs_dir: Path = RUNS_DIR) -> dict[str, dict[str, Any]]:
+    """The most recent `course run` measurement of each lesson (runtime, CPU time, peak memory), by lesson name."""
+    latest: dict[str, dict[str, Any]] = {}
+    for path in sorted(Path(runs_dir).glob("run-*/benchmark.json")):  # names sort by time: later ones win
+        try:
+            rows = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise CourseError(f"{path.parent.name}/benchmark.json is not valid JSON (line {err.lineno})") from None
+        for row in rows:
+            latest[row["lesson"]] = row
+    return latest
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        text, cls = f"{value:.4g}", ""
+    elif isinstance(value, (int, bool)) or value is None:
+        text, cls = ("" if value is None else str(value)), ""
+    else:
+        text, cls = str(value), ' class="text"'
+    return f"<td{cls}>{html.escape(text)}</td>"
+
+
+def table_html(rows: Sequence[dict[str, Any]], max_rows: int = 40) -> str:
+    """A list of dicts as an HTML table (the union of their keys as columns, first-seen order)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(_cell(row.get(c)) for c in columns) + "</tr>" for row in rows[:max_rows])
+    more = f"<p>({len(rows) - max_rows} more rows in the JSON file)</p>" if len(rows) > max_rows else ""
+    return f"<table><tr>{head}</tr>{body}</table>{more}"
+
+
+def lesson_section(record: dict[str, Any], bench: dict[str, Any] | None) -> str:
+    """One lesson: its checks (pass/fail), echoed figure, notes, runtime and measured table."""
+    checks = record.get("checks", {})
+    items = "".join(f'<li><span class="{"pass" if ok else "fail"}">{"held" if ok else "did NOT hold"}</span> '
+                    f"{html.escape(name)}</li>" for name, ok in checks.items())
+    run = (f"<p>Last <code>course run</code>: {bench['seconds']:.0f} s wall, {bench.get('cpu_seconds', 0):.0f} s "
+           f"CPU, peak {bench['peak_memory_mb']:.0f} MB, {'passed' if bench['passed'] else 'FAILED'}.</p>"
+           if bench else "<p class=\"missing\">No <code>course run</code> measurement yet.</p>")
+    return (f"<h2 id=\"{html.escape(record['lesson'])}\">{html.escape(record['lesson'])} "
+            f"<small>({html.escape(record.get('profile', '?'))} profile)</small></h2>"
+            f"<p class=\"echo\">Echoes: {html.escape(record.get('echoes', '') or '-')}</p>"
+            f"<ul>{items or '<li>no checks recorded</li>'}</ul>"
+            f"<p>{html.escape(record.get('notes', ''))}</p>{run}{table_html(record['table'])}")
+
+
+def build_report(results: Path | None = None, runs_dir: Path = RUNS_DIR,
+                 notebooks_dir: Path = NOTEBOOKS_DIR) -> str:
+    """The whole page as a string: a summary table of all lessons, then one section per lesson."""
+    directory = Path(results or results_dir())
+    lessons = [p.stem for p in sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))]
+    saved = set(saved_lessons(directory))
+    if not saved:
+        raise CourseError(f"no saved lesson results in {directory.name}/; run the lessons first (`course run`)")
+    bench = latest_benchmarks(runs_dir)
+    summary, sections = [], []
+    for lesson in sorted(set(lessons) | saved):
+        if lesson not in saved:
+            summary.append(f'<tr><td class="text">{lesson}</td><td class="missing" colspan="3">not run yet</td></tr>')
+            continue
+        record = load_results(lesson, directory)
+        checks = record.get("checks", {})
+        held = sum(bool(v) for v in checks.values())
+        cls = "pass" if held == len(checks) else "fail"
+        b = bench.get(lesson)
+        runtime = f"{b['seconds']:.0f} s" if b else "-"
+        summary.append(f'<tr><td class="text"><a href="#{lesson}">{lesson}</a></td>'
+                       f'<td class="{cls}">{held}/{len(checks)}</td><td>{runtime}</td>'
+                       f'<td class="text echo">{html.escape(record.get("echoes", ""))}</td></tr>')
+        sections.append(lesson_section(record, b))
+    stamp = datetime.now().strftime("%Y-%m-%d %H:%M")
+    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>Course report</title>"
+            f"<style>{_STYLE}</style></head><body><h1>What the course measured</h1>"
+            f"<p>Generated {stamp} from the lessons' saved results; every number below was computed by a notebook.</p>"
+            f"<table><tr><th>lesson</th><th>checks held</th><th>runtime</th><th>echoes</th></tr>{''.join(summary)}"
+            f"</table>{''.join(sections)}</body></html>\n")
+
+
+def write_report(out: Path | None = None, results: Path | None = None, runs_dir: Path = RUNS_DIR) -> Path:
+    """Render the report to `out` (default `runs/report.html`) and return the path."""
+    out = Path(out or Path(runs_dir) / "report.html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(build_report(results, runs_dir))
+    return out
