@@ -1,0 +1,363 @@
+"""The capstone: choose a fine-tuning recipe from what lessons 01-08 *measured*, and fill the course's
+problems-and-mitigations table from their saved results.
+
+Nothing here holds a result. Each number is read from a lesson's saved table (`runs/results/<lesson>.json`,
+see `results.py`) through a `Metric`: "the mean of column C over the rows where method == M". The decision
+rules of `choose_recipe` compare such measured numbers, so a learner who reruns a lesson on a GPU with real
+models (where, say, LoRA does learn new facts) gets a recipe that follows *their* measurements.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from course_utils.errors import CourseError
+from course_utils.results import load_results
+
+LIBRARY_CALLS = {
+    "transformers:EarlyStoppingCallback.__init__": ["early_stopping_patience"],
+    "transformers:TrainingArguments": ["eval_strategy", "eval_steps", "save_strategy", "save_steps",
+                                       "load_best_model_at_end", "metric_for_best_model", "greater_is_better",
+                                       "save_total_limit"],
+    "transformers:Trainer.__init__": ["model", "args", "train_dataset", "eval_dataset", "data_collator", "callbacks"],
+}
+
+
+class CapstoneError(CourseError, ValueError):
+    """A resource or task description the recipe cannot use, or a saved table without the expected column."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A measured number: `agg` ('mean', 'min' or 'max') of `column` in `lesson`'s table over the matching rows.
+
+    `where` maps a column to the value it must equal; `contains` maps a column to a substring it must contain.
+    """
+
+    lesson: str
+    column: str
+    where: Mapping[str, Any] = field(default_factory=dict)
+    contains: Mapping[str, str] = field(default_factory=dict)
+    agg: str = "mean"
+
+    def rows(self, table: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        return [r for r in table
+                if all(r.get(k) == v for k, v in self.where.items())
+                and all(str(s) in str(r.get(k, "")) for k, s in self.contains.items())]
+
+    def read(self, records: Mapping[str, Mapping[str, Any]]) -> float:
+        """The number, from `records` (lesson -> saved record); NaN if that lesson has not been run."""
+        if self.lesson not in records:
+            return float("nan")
+        rows = self.rows(records[self.lesson]["table"])
+        values = [float(r[self.column]) for r in rows if r.get(self.column) is not None]
+        if not values:
+            raise CapstoneError(f"{self.lesson}: no rows with a value in column {self.column!r} matching "
+                                f"{dict(self.where) or ''}{dict(self.contains) or ''}; has the lesson's table changed?")
+        if self.agg not in ("mean", "min", "max"):
+            raise CapstoneError(f"Metric.agg must be 'mean', 'min' or 'max', got {self.agg!r}")
+        return {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}[self.agg]
+
+
+def load_records(lessons: Sequence[str], directory: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The saved record of each lesson that has been run (missing lessons are simply absent)."""
+    records = {}
+    for lesson in lessons:
+        try:
+            records[lesson] = load_results(lesson, directory)
+        except CourseError:
+            continue
+    return records
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One row of the course table: a problem, the number that showed it, a mitigation and the number it reached."""
+
+    problem: str
+    symptom: str
+    symptom_metric: Metric
+    mitigation: str
+    mitigation_metric: Metric
+    better: str = "lower"  # "lower" or "higher": which way the measure improves
+
+
+L01, L02, L03, L04 = "01_compute_full_vs_peft", "02_catastrophic_forgetting", "03_data_quality", "04_noise_study"
+L05, L06, L07, L08 = "05_overfitting", "06_what_finetuning_changes", "07_bias_and_debiasing", "08_alignment_break_and_restore"
+
+PROBLEMS: tuple[Problem, ...] = (
+    Problem("compute cost", "full FT: gradient + optimizer memory (MB, mean over families)",
+            Metric(L01, "grads+optimizer MB", {"method": "full"}),
+            "LoRA: gradient + optimizer memory (MB)", Metric(L01, "grads+optimizer MB", {"method": "lora"})),
+    Problem("compute cost", "full FT: trainable parameters (%)", Metric(L01, "trainable %", {"method": "full"}),
+            "LoRA: trainable parameters (%)", Metric(L01, "trainable %", {"method": "lora"})),
+    Problem("catastrophic forgetting", "naive FT: old-fact recall lost at matched learning",
+            Metric(L02, "forgot@target", {"method": "naive"}),
+            "EWC (mean over the lambda sweep): old-fact recall lost", Metric(L02, "forgot@target", {"method": "ewc"})),
+    Problem("catastrophic forgetting", "naive FT: old-fact recall lost at matched learning",
+            Metric(L02, "forgot@target", {"method": "naive"}),
+            "rehearsal 25 %: old-fact recall lost", Metric(L02, "forgot@target", {"method": "rehearsal",
+                                                                                  "setting": "25% old"})),
+    Problem("data quality", "accuracy after training on the corrupted set",
+            Metric(L03, "accuracy", {"training set": "corrupted"}),
+            "accuracy after the cleaning pipeline", Metric(L03, "accuracy", {"training set": "cleaned (all steps)"}),
+            better="higher"),
+    Problem("data quality (label errors)", "precision of a random flagger",
+            Metric(L03, "precision", contains={"training set": "random"}),
+            "precision of confident learning (cleanlab)",
+            Metric(L03, "precision", contains={"training set": "confident learning"}), better="higher"),
+    Problem("overfitting", "no mitigation: rise of validation loss above its minimum",
+            Metric(L05, "rise", {"setting": "no mitigation"}),
+            "early stopping: rise of the kept checkpoint's validation loss", Metric(L05, "rise", {"setting": "early stopping"})),
+    Problem("overfitting", "no mitigation: train/validation loss gap", Metric(L05, "gap", {"setting": "no mitigation"}),
+            "dropout 0.3: train/validation loss gap", Metric(L05, "gap", {"setting": "dropout 0.3"})),
+    Problem("bias", "skewed data: counterfactual flip share", Metric(L07, "gap", {"method": "skewed (no fix)"}),
+            "counterfactual augmentation: flip share", Metric(L07, "gap", {"method": "counterfactual augmentation"})),
+)
+
+
+def problems_table(records: Mapping[str, Mapping[str, Any]], problems: Sequence[Problem] = PROBLEMS):
+    """The course's problems-and-mitigations table (a DataFrame), every number read from a lesson's saved results.
+
+    A lesson that has not been run yet shows as NaN with its name in the `lesson` column, never as a made-up value.
+    """
+    import pandas as pd
+
+    rows = []
+    for p in problems:
+        rows.append({"problem": p.problem, "lesson": p.symptom_metric.lesson.split("_")[0],
+                     "what it looked like here": p.symptom, "measured": p.symptom_metric.read(records),
+                     "mitigation": p.mitigation, "mitigated": p.mitigation_metric.read(records)})
+    return pd.DataFrame(rows)
+
+
+def improved(problem: Problem, measured: float, mitigated: float) -> bool:
+    """Did the mitigation's measured number beat the problem's, in the direction the measure improves?"""
+    if problem.better not in ("lower", "higher"):
+        raise CapstoneError(f"Problem.better must be 'lower' or 'higher', got {problem.better!r}")
+    return mitigated < measured if problem.better == "lower" else mitigated > measured
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Choosing a recipe
+# ---------------------------------------------------------------------------------------------------------------
+
+GOALS = ("new_facts", "format", "classification")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the learner has: `gpu_gb` of GPU memory (0: CPU only, then `cpu_ram_gb` of RAM) and the model size."""
+
+    gpu_gb: float = 0.0
+    model_params: float = 1e6
+    cpu_ram_gb: float = 8.0
+
+    def __post_init__(self):
+        for name in ("gpu_gb", "cpu_ram_gb"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise CapstoneError(f"Resources.{name} must be a finite number >= 0, got {value!r}")
+        if not isinstance(self.model_params, (int, float)) or not self.model_params > 0:
+            raise CapstoneError(f"Resources.model_params must be > 0, got {self.model_params!r}")
+
+    @property
+    def memory_gb(self) -> float:
+        return self.gpu_gb if self.gpu_gb > 0 else self.cpu_ram_gb
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the learner wants: a goal (`GOALS`), how many training examples, and what must be kept."""
+
+    goal: str = "new_facts"
+    n_examples: int = 64
+    keep_old_knowledge: bool = True
+    needs_safety: bool = False
+
+    def __post_init__(self):
+        if self.goal not in GOALS:
+            raise CapstoneError(f"TaskSpec.goal must be one of {GOALS}, got {self.goal!r}")
+        if self.n_examples < 1:
+            raise CapstoneError(f"TaskSpec.n_examples must be >= 1, got {self.n_examples}")
+
+
+@dataclass
+class Recipe:
+    method: str                       # "full" or "lora"
+    rehearsal_ratio: float = 0.0      # share of old data mixed in (0 = none)
+    early_stopping: bool = False
+    dpo_afterwards: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+
+BYTES_FULL_ADAMW = 16  # fp32 weights + gradients + two Adam moments, per parameter
+BYTES_FROZEN_BF16 = 2  # a frozen bf16 weight (LoRA's base model), per parameter
+
+
+def training_memory_gb(params: float, method: str, lora_state_ratio: float = 0.05) -> float:
+    """Memory for weights and optimizer state, without activations (they grow with batch and sequence length).
+
+    Full FT with AdamW needs about 16 bytes per parameter. LoRA keeps the frozen weights in bf16 (2 bytes) and
+    needs state only for its adapter: `lora_state_ratio` of full FT's, as measured in lesson 01.
+    """
+    if method == "full":
+        return params * BYTES_FULL_ADAMW / 1e9
+    if method == "lora":
+        return params * (BYTES_FROZEN_BF16 + BYTES_FULL_ADAMW * lora_state_ratio) / 1e9
+    raise CapstoneError(f"training_memory_gb: method must be 'full' or 'lora', got {method!r}")
+
+
+def choose_recipe(resources: Resources, task: TaskSpec, records: Mapping[str, Mapping[str, Any]],
+                  small_data: int = 500) -> Recipe:
+    """Pick a method from the measured evidence; each choice appends the reason and the numbers behind it."""
+    reasons = []
+    full_state = Metric(L01, "grads+optimizer MB", {"method": "full"}).read(records)
+    lora_state = Metric(L01, "grads+optimizer MB", {"method": "lora"}).read(records)
+    ratio = lora_state / full_state if full_state and not math.isnan(full_state) else 0.05
+    naive_new = Metric(L02, "final_new_recall", {"method": "naive"}).read(records)
+    lora_new = Metric(L02, "final_new_recall", {"method": "lora"}).read(records)
+    full_gb = training_memory_gb(resources.model_params, "full")
+    fits_full = full_gb <= 0.6 * resources.memory_gb  # leave room for activations
+    reasons.append(f"full FT needs about {full_gb:.3g} GB for weights and optimizer (16 bytes/parameter) of "
+                   f"{resources.memory_gb:g} GB; LoRA's optimizer state was {ratio:.1%} of full FT's in lesson 01")
+    if task.goal == "new_facts" and fits_full:
+        method = "full"
+        reasons.append(f"new facts: LoRA reached new-fact recall {lora_new:.2f} vs full FT {naive_new:.2f} "
+                       f"(lesson 02), so full fine-tuning")
+    elif not fits_full:
+        method = "lora"
+        reasons.append(f"full FT does not fit: LoRA needs about "
+                       f"{training_memory_gb(resources.model_params, 'lora', ratio):.3g} GB")
+    else:
+        method = "lora"
+        reasons.append(f"{task.goal}: LoRA trains a few % of the weights and matched full FT's quality in lesson 01")
+    rehearsal = 0.0
+    if task.keep_old_knowledge and method == "full":
+        naive = Metric(L02, "forgot@target", {"method": "naive"}).read(records)
+        rehearsed = Metric(L02, "forgot@target", {"method": "rehearsal", "setting": "25% old"}).read(records)
+        if not math.isnan(naive) and rehearsed < naive:
+            rehearsal = 0.25
+            reasons.append(f"keep old knowledge: rehearsal 25 % lost {rehearsed:.3f} of old recall vs {naive:.3f} "
+                           f"naive (lesson 02)")
+    early = False
+    if task.n_examples < small_data:
+        rise = Metric(L05, "rise", {"setting": "no mitigation"}).read(records)
+        early = math.isnan(rise) or rise > 0
+        reasons.append(f"{task.n_examples} examples is small: early stopping (validation loss rose {rise:.3f} "
+                       f"above its minimum without it, lesson 05)")
+    if task.needs_safety:
+        reasons.append("safety matters: fine-tuning erodes refusals (lesson 08), so re-check and restore with DPO")
+    return Recipe(method, rehearsal, early, task.needs_safety, reasons)
+
+
+def run_recipe(recipe: Recipe, base_model, tokenizer, new_texts: Sequence[str], val_texts: Sequence[str],
+               old_texts: Sequence[str], measure, steps: int = 120, learning_rate: float = 3e-3,
+               batch_size: int = 8, eval_every: int = 10, patience: int = 2, seed: int = 0):
+    """Train a copy of `base_model` as `recipe` says, with forgetting monitored; return (model, history, trainer).
+
+    - rehearsal: `old_texts` mixed into `new_texts` at `recipe.rehearsal_ratio` (`forgetting.mix_rehearsal`);
+    - LoRA: an adapter on the attention matrices (`peft_methods.apply_lora`);
+    - early stopping: `EarlyStoppingCallback` on the loss over `val_texts` (the new facts in a phrasing the
+      training set does not use), keeping the best checkpoint (`load_best_model_at_end`);
+    - forgetting: `forgetting.ForgettingMonitor` calls `measure(model)` (old and new recall) every `eval_every` steps.
+    """
+    import copy
+    import tempfile
+
+    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
+
+    from course_utils.forgetting import ForgettingMonitor, mix_rehearsal
+    from course_utils.peft_methods import apply_lora
+    from course_utils.train import causal_collator, tokenize_texts, training_args
+
+    if not new_texts:
+        raise CapstoneError("run_recipe: no training texts")
+    if recipe.early_stopping and not val_texts:
+        raise CapstoneError("run_recipe: early stopping needs validation texts")
+    model = copy.deepcopy(base_model)
+    if recipe.method == "lora":
+        model = apply_lora(model)
+    texts = list(new_texts)
+    if recipe.rehearsal_ratio > 0:
+        texts = mix_rehearsal(texts, list(old_texts), recipe.rehearsal_ratio, seed=seed,
+                              epochs=steps * batch_size // len(texts) + 1)
+    monitor = ForgettingMonitor(measure, eval_every, {"method": recipe.method})
+    extra: dict[str, Any] = {}
+    callbacks: list[Any] = [monitor]
+    if recipe.early_stopping:
+        extra = dict(eval_strategy="steps", eval_steps=eval_every, save_strategy="steps", save_steps=eval_every,
+                     load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
+                     save_total_limit=patience + 2)
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=patience))
+    args = training_args(output_dir=tempfile.mkdtemp(prefix="course-capstone-"), max_steps=steps,
+                         learning_rate=learning_rate, per_device_train_batch_size=batch_size, seed=seed,
+                         data_seed=seed, warmup_steps=10, logging_steps=steps, weight_decay=0.0, **extra)
+    trainer = Trainer(model=model, args=args, train_dataset=tokenize_texts(tokenizer, texts, 96),
+                      eval_dataset=tokenize_texts(tokenizer, list(val_texts), 96) if recipe.early_stopping else None,
+                      data_collator=causal_collator(tokenizer), callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    return trainer.model, monitor.history, trainer
+
+
+def recipe_row(recipe: Recipe) -> dict[str, Any]:
+    """A recipe as one table row (method, rehearsal, early stopping, DPO, and the first reason)."""
+    return {"method": recipe.method, "rehearsal": f"{recipe.rehearsal_ratio:.0%}",
+            "early stopping": recipe.early_stopping, "DPO afterwards": recipe.dpo_afterwards,
+            "why (first reason)": recipe.reasons[1] if len(recipe.reasons) > 1 else ""}
+
+
+def recipe_widget(records: Mapping[str, Mapping[str, Any]]):
+    """ipywidgets controls (GPU memory, model size, goal, data size, keep/safety) that re-run `choose_recipe`."""
+    import ipywidgets as w
+    from IPython.display import display
+
+    gpu = w.FloatSlider(value=0, min=0, max=80, step=4, description="GPU GB")
+    size = w.Dropdown(options=[("1 M (tiny)", 1e6), ("124 M", 1.24e8), ("0.5 B", 5e8), ("7 B", 7e9)],
+                      value=1e6, description="model")
+    goal = w.Dropdown(options=GOALS, value="new_facts", description="goal")
+    n = w.IntText(value=64, description="examples")
+    keep, safety = w.Checkbox(value=True, description="keep old knowledge"), w.Checkbox(description="safety")
+    out = w.Output()
+
+    def update(*_):
+        out.clear_output()
+        with out:
+            try:
+                recipe = choose_recipe(Resources(gpu.value, size.value), TaskSpec(goal.value, max(n.value, 1),
+                                                                                    keep.value, safety.value), records)
+                print(f"{recipe.method}, rehearsal {recipe.rehearsal_ratio:.0%}, early stopping "
+                      f"{recipe.early_stopping}, DPO afterwards {recipe.dpo_afterwards}")
+                for reason in recipe.reasons:
+                    print(" -", reason)
+            except CourseError as err:
+                print(err)
+
+    for control in (gpu, size, goal, n, keep, safety):
+        control.observe(update, names="value")
+    update()
+    box = w.VBox([w.HBox([gpu, size, goal]), w.HBox([n, keep, safety]), out])
+    display(box)
+    return box
+
+
+def plot_run(curves, base_old: float | None = None):
+    """New-fact and old-fact recall against step, one line per run (recipe vs naive)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharex=True)
+    for run, df in curves.groupby("run"):
+        df = df.sort_values("step")
+        axes[0].plot(df["step"], df["new_recall"], marker="o", label=run)
+        axes[1].plot(df["step"], df["old_recall"], marker="o", label=run)
+    if base_old is not None:
+        axes[1].axhline(base_old, color="grey", ls="--", lw=1, label="base model")
+    axes[0].set(title="learned: new-fact recall", xlabel="step", ylabel="recall")
+    axes[1].set(title="kept: old-fact recall", xlabel="step")
+    axes[1].legend()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,101 @@
+"""The capstone reads measured numbers from saved lesson tables and picks a recipe from them."""
+
+import math
+
+import pytest
+
+from course_utils import capstone as C
+
+
+def _records(lora_new=0.15, naive_new=0.9, rehearsed=0.05, naive_forgot=0.15, rise=0.08):
+    return {
+        C.L01: {"table": [{"method": "full", "grads+optimizer MB": 12.0, "trainable %": 100.0},
+                          {"method": "lora", "grads+optimizer MB": 0.3, "trainable %": 2.5}]},
+        C.L02: {"table": [{"method": "naive", "final_new_recall": naive_new, "forgot@target": naive_forgot},
+                          {"method": "naive", "final_new_recall": naive_new, "forgot@target": None},
+                          {"method": "rehearsal", "setting": "25% old", "forgot@target": rehearsed},
+                          {"method": "ewc", "setting": "lambda=100", "forgot@target": 0.04},
+                          {"method": "lora", "final_new_recall": lora_new, "forgot@target": None}]},
+        C.L05: {"table": [{"setting": "no mitigation", "rise": rise, "gap": 0.7},
+                          {"setting": "early stopping", "rise": 0.0, "gap": 0.5},
+                          {"setting": "dropout 0.3", "rise": 0.0, "gap": 0.4}]},
+    }
+
+
+def test_metric_reads_means_and_filters():
+    recs = _records()
+    assert C.Metric(C.L02, "forgot@target", {"method": "naive"}).read(recs) == pytest.approx(0.15)  # None skipped
+    assert C.Metric(C.L01, "trainable %", {"method": "lora"}).read(recs) == 2.5
+    assert math.isnan(C.Metric(C.L07, "gap").read(recs))  # lesson not run: NaN, not a made-up number
+
+
+def test_metric_names_the_lesson_when_a_column_is_missing():
+    with pytest.raises(C.CapstoneError, match="01_compute_full_vs_peft.*no_such_column"):
+        C.Metric(C.L01, "no_such_column").read(_records())
+
+
+def test_problems_table_has_nan_for_lessons_not_run():
+    table = C.problems_table(_records())
+    assert len(table) == len(C.PROBLEMS)
+    assert table.loc[0, "measured"] == 12.0 and table.loc[0, "mitigated"] == 0.3
+    assert table[table["lesson"] == "07"]["measured"].isna().all()
+
+
+def test_improved_follows_the_direction_of_the_measure():
+    lower = C.PROBLEMS[0]
+    higher = next(p for p in C.PROBLEMS if p.better == "higher")
+    assert C.improved(lower, 10, 1) and not C.improved(lower, 1, 10)
+    assert C.improved(higher, 0.2, 0.9) and not C.improved(higher, 0.9, 0.2)
+
+
+def test_recipe_follows_the_measurements():
+    task = C.TaskSpec(goal="new_facts", n_examples=64)
+    recipe = C.choose_recipe(C.Resources(), task, _records())
+    assert recipe.method == "full" and recipe.rehearsal_ratio == 0.25 and recipe.early_stopping
+    # a model that does not fit: LoRA, whatever the goal
+    big = C.choose_recipe(C.Resources(gpu_gb=16, model_params=7e9), task, _records())
+    assert big.method == "lora" and big.rehearsal_ratio == 0.0
+    # if rehearsal had not helped in lesson 02, the recipe would not use it
+    assert C.choose_recipe(C.Resources(), task, _records(rehearsed=0.3)).rehearsal_ratio == 0.0
+    # plenty of data: no early stopping; safety: DPO afterwards
+    many = C.choose_recipe(C.Resources(), C.TaskSpec(goal="format", n_examples=10_000, needs_safety=True), _records())
+    assert many.method == "lora" and not many.early_stopping and many.dpo_afterwards
+    assert all(isinstance(r, str) and r for r in recipe.reasons)
+
+
+def test_memory_rule_of_thumb():
+    assert C.training_memory_gb(1e9, "full") == pytest.approx(16.0)
+    assert C.training_memory_gb(1e9, "lora", 0.02) == pytest.approx(2.32)
+    with pytest.raises(C.CapstoneError):
+        C.training_memory_gb(1e9, "prefix")
+
+
+@pytest.mark.parametrize("kwargs", [dict(gpu_gb=-1), dict(model_params=0), dict(gpu_gb=float("nan"))])
+def test_bad_resources(kwargs):
+    with pytest.raises(C.CapstoneError):
+        C.Resources(**kwargs)
+
+
+def test_bad_task():
+    with pytest.raises(C.CapstoneError, match="goal"):
+        C.TaskSpec(goal="everything")
+    with pytest.raises(C.CapstoneError, match="n_examples"):
+        C.TaskSpec(n_examples=0)
+
+
+def test_run_recipe_monitors_forgetting():
+    from course_utils import forgetting as F
+    from course_utils import world as W
+    from course_utils import zoo
+
+    world = W.make_world()
+    base, tok = zoo.load("gpt2")
+    new, old = world.heldout[:2], world.seen[:4]
+    texts = [r["text"] for r in W.heldout_bios(world) if r["person"] in {p.name for p in new}]
+    recipe = C.Recipe(method="full", rehearsal_ratio=0.25, early_stopping=True)
+    model, history, trainer = C.run_recipe(recipe, base, tok, texts[:4], texts[4:], texts, F.knowledge_probe(tok, old, new),
+                                           steps=4, batch_size=2, eval_every=2)
+    assert [row["step"] for row in history] == [0, 2, 4]
+    assert {"new_recall", "old_recall"} <= set(history[0])
+    with pytest.raises(C.CapstoneError, match="validation"):
+        C.run_recipe(recipe, base, tok, texts, [], texts, F.knowledge_probe(tok, old, new))
