@@ -18,6 +18,7 @@ Debiasing methods, each a small function:
 
 from __future__ import annotations
 
+import numbers
 import os
 import random
 import re
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from course_utils.data import DataError, require_columns
-from course_utils.errors import CourseError
+from course_utils.errors import check_rate
 
 LIBRARY_CALLS = {
     "transformers:Trainer.compute_loss": ["model", "inputs", "return_outputs", "num_items_in_batch"],
@@ -46,8 +47,7 @@ class BiasError(DataError):
 
 
 def _check_rate(name: str, value: float, where: str) -> None:
-    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise BiasError(f"{where}: {name} must be a rate in [0, 1], got {value!r}")
+    check_rate(value, where, name, error=BiasError)
 
 
 def _check(rows: Sequence[dict[str, Any]], attribute: str, where: str, value: str | None = None,
@@ -57,6 +57,11 @@ def _check(rows: Sequence[dict[str, Any]], attribute: str, where: str, value: st
         raise BiasError(f"{where}: the group attribute {attribute!r} is absent from the rows "
                         f"(fields: {sorted(rows[0])})")
     require_columns(rows, cols, where=where)
+    for i, r in enumerate(rows):
+        if text_key != label_key and not isinstance(r[text_key], str):
+            raise BiasError(f"{where} row {i}: {text_key!r} is {type(r[text_key]).__name__}, not str")
+        if label_key and (isinstance(r[label_key], bool) or not isinstance(r[label_key], numbers.Integral)):
+            raise BiasError(f"{where} row {i}: {label_key!r} is {r[label_key]!r}, not an integer class")
     if value is not None and not any(r[attribute] == value for r in rows):
         raise BiasError(f"{where}: no row has {attribute}={value!r}")
 
@@ -136,20 +141,51 @@ def positive_rate_gap(cf_rows: Sequence[dict[str, Any]], positive_prob: Sequence
 
 
 def measure_bias(model, tokenizer, test_rows: Sequence[dict[str, Any]], attribute: str, group_value: str,
-                 values: Sequence[str], label_key: str = "label") -> dict[str, float]:
-    """Bias gap on counterfactual copies of `test_rows`, plus accuracy overall and on the group's own rows."""
+                 values: Sequence[str], biased_labels: Sequence[int] | None = None, label_key: str = "label"
+                 ) -> dict[str, float]:
+    """Bias gap on counterfactual copies of `test_rows`, plus accuracy overall and on the group's own rows.
+
+    `test_rows` carry the true labels. With `biased_labels` (the labels the biased process would have given the
+    same test rows) it also reports accuracy against those: what a team that only has biased labels would see.
+    """
     from course_utils.classify import predict_proba
 
     _check(test_rows, attribute, "measure_bias", group_value, label_key=label_key)
     if group_value not in values or len(set(values)) < 2:
         raise BiasError(f"measure_bias: values must hold the group {group_value!r} and at least one other value")
+    if biased_labels is not None and len(biased_labels) != len(test_rows):
+        raise BiasError(f"measure_bias: {len(biased_labels)} biased labels for {len(test_rows)} test rows")
     cf = counterfactual_rows(test_rows, attribute, values)
     gap = positive_rate_gap(cf, predict_proba(model, tokenizer, cf)[:, 1], group_value)
     pred = predict_proba(model, tokenizer, test_rows).argmax(-1)
     labels = np.array([int(r[label_key]) for r in test_rows])
     in_group = np.array([r[attribute] == group_value for r in test_rows])
-    return {"accuracy": float((pred == labels).mean()), "group_accuracy": float((pred == labels)[in_group].mean()),
-            **gap}
+    out = {"accuracy": float((pred == labels).mean()), "group_accuracy": float((pred == labels)[in_group].mean())}
+    if biased_labels is not None:
+        out["accuracy_vs_biased_labels"] = float((pred == np.asarray(biased_labels, dtype=int)).mean())
+    return {**out, **gap}
+
+
+def train_and_measure(train_rows: Sequence[dict[str, Any]], test_rows: Sequence[dict[str, Any]], attribute: str,
+                      group_value: str, values: Sequence[str], family: str = "gpt2", steps: int = 120, config=None,
+                      adversary_weight: float | None = None, biased_labels: Sequence[int] | None = None,
+                      seed: int = 0) -> dict[str, float]:
+    """Fine-tune a fresh classifier for a fixed number of steps (adversarially if `adversary_weight` is given,
+    with a binary 'in the group?' adversary) and return `measure_bias` on the test rows."""
+    from course_utils.classify import ClassifierConfig, load_classifier, train_classifier
+
+    _check(train_rows, attribute, "train_and_measure", group_value)
+    if steps < 1:
+        raise BiasError(f"train_and_measure: steps must be >= 1, got {steps}")
+    config = config or ClassifierConfig(seed=seed, max_length=32)
+    torch.manual_seed(seed)
+    model, tok = load_classifier(family)
+    if adversary_weight is None:
+        train_classifier(model, tok, train_rows, config, max_steps=steps)
+    else:
+        train_adversarial(model, tok, train_rows, attribute, values, config, adversary_weight=adversary_weight,
+                          group_value=group_value, max_steps=steps)
+    return measure_bias(model, tok, test_rows, attribute, group_value, values, biased_labels)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ all fine-tune such a classifier and compare accuracies, so the recipe lives here
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from course_utils.data import DataError, require_columns
+from course_utils.errors import check_count, check_positive, check_vocab
 
 LIBRARY_CALLS = {
     "transformers:DataCollatorWithPadding": ["tokenizer"],
@@ -41,6 +43,8 @@ def load_classifier(family: str, num_labels: int = 2, profile: str | None = None
 
     from course_utils import zoo
 
+    zoo.check_family(family)
+    check_count(num_labels, "load_classifier", "num_labels", minimum=2, error=DataError)
     model, tok = zoo.load(family, profile=profile, model_class=AutoModelForSequenceClassification,
                           num_labels=num_labels)
     model.config.pad_token_id = tok.pad_token_id
@@ -48,8 +52,11 @@ def load_classifier(family: str, num_labels: int = 2, profile: str | None = None
 
 
 def tokenize_labelled(tokenizer, rows: Sequence[dict[str, Any]], max_length: int = 64, text_key: str = "text",
-                      label_key: str = "label"):
-    """A `datasets.Dataset` with input_ids / attention_mask / labels from rows of text and integer label."""
+                      label_key: str = "label", num_labels: int | None = None):
+    """A `datasets.Dataset` with input_ids / attention_mask / labels from rows of text and integer label.
+
+    Labels must be integers (a float or a string label is refused, not rounded); with `num_labels` they must
+    also lie in [0, num_labels), since an out-of-range label would only fail deep inside the loss."""
     from datasets import Dataset
 
     from course_utils.train import encode
@@ -59,6 +66,11 @@ def tokenize_labelled(tokenizer, rows: Sequence[dict[str, Any]], max_length: int
     for i, row in enumerate(rows):
         if not isinstance(row[text_key], str):
             raise DataError(f"tokenize_labelled row {i}: {text_key!r} is {type(row[text_key]).__name__}, not str")
+        label = row[label_key]
+        if isinstance(label, bool) or not isinstance(label, numbers.Integral):
+            raise DataError(f"tokenize_labelled row {i}: {label_key!r} is {label!r}, not an integer class")
+        if num_labels is not None and not 0 <= label < num_labels:
+            raise DataError(f"tokenize_labelled row {i}: {label_key!r} is {label}, outside [0, {num_labels})")
         ids = encode(tokenizer, row[text_key])[:max_length]
         data.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": int(row[label_key])})
     return Dataset.from_list(data)
@@ -71,12 +83,19 @@ def train_classifier(model, tokenizer, train_rows: Sequence[dict[str, Any]], con
 
     from course_utils.train import training_args
 
+    where = "train_classifier"
+    check_vocab(model, tokenizer, where, error=DataError)
+    check_positive(config.epochs, where, "config.epochs", error=DataError)
+    check_positive(config.learning_rate, where, "config.learning_rate", error=DataError)
+    check_count(config.batch_size, where, "config.batch_size", minimum=1, error=DataError)
+    n_labels = getattr(model.config, "num_labels", config.num_labels)
+    train_data = tokenize_labelled(tokenizer, train_rows, config.max_length, num_labels=n_labels)
+    eval_data = tokenize_labelled(tokenizer, eval_rows, config.max_length, num_labels=n_labels) if eval_rows else None
     args = training_args(num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
                          learning_rate=config.learning_rate, weight_decay=config.weight_decay, seed=config.seed,
                          data_seed=config.seed, lr_scheduler_type="linear", warmup_steps=0.1,
                          per_device_eval_batch_size=64, **args_overrides)
-    trainer = Trainer(model=model, args=args, train_dataset=tokenize_labelled(tokenizer, train_rows, config.max_length),
-                      eval_dataset=tokenize_labelled(tokenizer, eval_rows, config.max_length) if eval_rows else None,
+    trainer = Trainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
                       data_collator=DataCollatorWithPadding(tokenizer), callbacks=list(callbacks))
     trainer.train()
     return trainer
@@ -90,6 +109,10 @@ def predict_proba(model, tokenizer, rows: Sequence[dict[str, Any]], max_length: 
     from course_utils.train import encode
 
     require_columns(rows, [text_key], where="predict_proba")
+    for i, r in enumerate(rows):
+        if not isinstance(r[text_key], str):
+            raise DataError(f"predict_proba row {i}: {text_key!r} is {type(r[text_key]).__name__}, not str")
+    check_vocab(model, tokenizer, "predict_proba", error=DataError)
     model.eval()
     device = next(model.parameters()).device
     out = []
@@ -104,5 +127,8 @@ def predict_proba(model, tokenizer, rows: Sequence[dict[str, Any]], max_length: 
 def accuracy(model, tokenizer, rows: Sequence[dict[str, Any]], label_key: str = "label", **kwargs) -> float:
     """Share of rows whose most probable class is the row's label."""
     require_columns(rows, [label_key], where="accuracy")
+    for i, r in enumerate(rows):
+        if isinstance(r[label_key], bool) or not isinstance(r[label_key], numbers.Integral):
+            raise DataError(f"accuracy row {i}: {label_key!r} is {r[label_key]!r}, not an integer class")
     preds = predict_proba(model, tokenizer, rows, **kwargs).argmax(-1)
     return float((preds == np.array([int(r[label_key]) for r in rows])).mean())

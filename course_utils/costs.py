@@ -25,7 +25,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from course_utils.errors import CourseError
+from course_utils.errors import CourseError, check_rate
 
 LIBRARY_CALLS = {
     "torch.optim:AdamW": ["params", "lr", "weight_decay"],
@@ -237,7 +237,8 @@ def qa_task(world, test_share: float = 0.25, n_test: int = 128, seed: int = 0) -
 
     from course_utils.world import qa_pairs
 
-    if not 0.0 < test_share < 1.0:
+    check_rate(test_share, "qa_task", "test_share", high_open=True, error=CostError)
+    if test_share == 0.0:
         raise CostError(f"qa_task: test_share must be in (0, 1), got {test_share}")
     rows = [r for r in qa_pairs(world) if r["split"] == "seen"]
     names = sorted({r["person"] for r in rows})

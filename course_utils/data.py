@@ -20,10 +20,18 @@ class DataError(CourseError, ValueError):
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     """Write rows as JSON lines with sorted keys, so the same rows always give the same bytes."""
     path = Path(path)
+    rows = list(rows)
+    lines = []
+    for i, row in enumerate(rows):  # check every row before touching the file, so a bad row leaves no half file
+        if not isinstance(row, dict):
+            raise DataError(f"write_jsonl {path.name}: row {i} is {type(row).__name__}, not a dict")
+        try:
+            lines.append(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+        except (TypeError, ValueError) as err:
+            raise DataError(f"write_jsonl {path.name}: row {i} cannot be written as JSON ({err})") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="\n") as f:
-        for row in rows:
-            f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+        f.writelines(lines)
     return path
 
 

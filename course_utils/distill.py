@@ -12,6 +12,7 @@ comparable as T changes. `alpha=0` is plain fine-tuning on hard labels (the teac
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -32,10 +33,10 @@ class DistillError(CourseError):
 
 
 def _check(temperature: float, alpha: float) -> None:
-    if not temperature > 0:
-        raise DistillError(f"distillation temperature must be > 0, got {temperature}")
-    if not 0.0 <= alpha <= 1.0:
-        raise DistillError(f"distillation alpha (weight of the teacher term) must be in [0, 1], got {alpha}")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature > 0:
+        raise DistillError(f"distillation_loss: temperature must be > 0, got {temperature!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= alpha <= 1.0:
+        raise DistillError(f"distillation_loss: alpha (weight of the teacher term) must be in [0, 1], got {alpha!r}")
 
 
 def _aligned(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None,
@@ -150,7 +151,7 @@ def shrink_model(model, keep_layers: list[int] | None = None):
     n = len(transformer_blocks(model))
     keep = list(range(0, n, 2)) if keep_layers is None else list(keep_layers)
     if not keep or any(not 0 <= i < n for i in keep) or len(set(keep)) != len(keep):
-        raise DistillError(f"keep_layers must be distinct block indices in [0, {n}), got {keep_layers}")
+        raise DistillError(f"shrink_model: keep_layers must be distinct block indices in [0, {n}), got {keep_layers}")
     config = copy.deepcopy(model.config)
     config.num_hidden_layers = len(keep)
     if isinstance(getattr(config, "layer_types", None), list):  # Qwen2/Llama list one attention type per layer

@@ -12,8 +12,17 @@ from typing import Sequence
 import torch
 
 from course_utils.data import DataError
+from course_utils.errors import check_vocab
 from course_utils.train import encode
 from course_utils.world import ATTRIBUTES, RECALL_PROMPTS, Person
+
+
+def _check_texts(texts: Sequence[str], where: str, what: str = "text") -> None:
+    if isinstance(texts, str) or not hasattr(texts, "__len__"):
+        raise DataError(f"{where}: expected a list of {what}s, got {type(texts).__name__}")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise DataError(f"{where}: {what} {i} is {type(t).__name__}, not str")
 
 
 def _model_device(model) -> torch.device:
@@ -37,6 +46,9 @@ def continuation_logprobs(model, tokenizer, prompts: Sequence[str], continuation
     """Sum of log-probabilities of each continuation given its prompt (prompt gets BOS, continuation does not)."""
     if len(prompts) != len(continuations):
         raise DataError(f"continuation_logprobs: {len(prompts)} prompts but {len(continuations)} continuations")
+    _check_texts(prompts, "continuation_logprobs", "prompt")
+    _check_texts(continuations, "continuation_logprobs", "continuation")
+    check_vocab(model, tokenizer, "continuation_logprobs", error=DataError)
     model.eval()
     device = _model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -67,9 +79,13 @@ def fact_recall(model, tokenizer, people: Sequence[Person], attributes: Sequence
     attributes = list(attributes or ATTRIBUTES)
     if not people:
         raise DataError("fact_recall: no people given")
+    bad = [i for i, p in enumerate(people) if not isinstance(p, Person)]
+    if bad:
+        raise DataError(f"fact_recall: person {bad[0]} is {type(people[bad[0]]).__name__}, not a world.Person")
     unknown = [a for a in attributes if a not in ATTRIBUTES]
     if unknown:
         raise DataError(f"fact_recall: unknown attribute(s) {unknown}; known: {list(ATTRIBUTES)}")
+    check_vocab(model, tokenizer, "fact_recall", error=DataError)
     result = {}
     for attr in attributes:
         values = ATTRIBUTES[attr]
@@ -87,6 +103,8 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 64) -> 
     """exp(mean negative log-likelihood per token) over `texts` (each BOS + text + EOS). Lower is better."""
     if len(texts) == 0:
         raise DataError("perplexity: no texts given")
+    _check_texts(texts, "perplexity")
+    check_vocab(model, tokenizer, "perplexity", error=DataError)
     model.eval()
     device = _model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -112,6 +130,8 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
     """
     if len(prompts) == 0:
         raise DataError("generate: no prompts given")
+    _check_texts(prompts, "generate", "prompt")
+    check_vocab(model, tokenizer, "generate", error=DataError)
     model.eval()
     device = _model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -180,8 +180,8 @@ def anchor_weights(model) -> dict[str, torch.Tensor]:
 def ewc_penalty(model, fisher: Mapping[str, torch.Tensor], anchor: Mapping[str, torch.Tensor],
                 ewc_lambda: float) -> torch.Tensor:
     """sum_i lambda/2 * F_i * (theta_i - theta*_i)^2 over the parameters named in `fisher`: zero at the anchor."""
-    if ewc_lambda < 0:
-        raise ForgettingError(f"EWC lambda must be >= 0, got {ewc_lambda}")
+    if isinstance(ewc_lambda, bool) or not isinstance(ewc_lambda, (int, float)) or not ewc_lambda >= 0:
+        raise ForgettingError(f"ewc_penalty: EWC lambda must be >= 0, got {ewc_lambda!r}")
     missing = [n for n in fisher if n not in anchor]
     if missing:
         raise ForgettingError(f"ewc_penalty: no anchor weights for {missing[:3]}")
@@ -483,15 +483,15 @@ def plot_frontier(curves: Sequence[Mapping[str, Any]], target: float | None = No
 
     df = pd.DataFrame(list(curves))
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    colours = {m: f"C{i}" for i, m in enumerate(METHODS)}
-    styles = ["-", "--", ":", "-."]
-    seen_styles: dict[tuple, str] = {}
+    styles: dict[tuple, str] = {}  # one line style per (method, setting, lr); seeds share it, one legend entry
     for key, run in df.groupby(["method", "setting", "lr", "seed"], sort=False):
         variant = key[:3]
-        style = seen_styles.setdefault(variant, styles[sum(v[0] == key[0] for v in seen_styles) % len(styles)])
-        first_seed = run["seed"].iloc[0] == df[df.method == key[0]]["seed"].min()
-        ax.plot(run["new_recall"], run["old_recall"], style, marker=".", color=colours.get(key[0], "k"), alpha=0.85,
-                label=f"{key[0]}{' ' + key[1] if key[1] else ''}, lr {key[2]:g}" if first_seed else None)
+        first = variant not in styles
+        if first:
+            styles[variant] = ["-", "--", ":", "-."][sum(v[0] == key[0] for v in styles) % 4]
+        ax.plot(run["new_recall"], run["old_recall"], styles[variant], marker=".", alpha=0.85,
+                color=f"C{METHODS.index(key[0])}" if key[0] in METHODS else "k",
+                label=f"{key[0]}{' ' + key[1] if key[1] else ''}, lr {key[2]:g}" if first else None)
     if target is not None:
         ax.axvline(target, color="grey", ls="--", lw=1)
     if base_old is not None:

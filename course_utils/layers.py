@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from course_utils.errors import CourseError
+from course_utils.errors import CourseError, check_vocab
 
 LIBRARY_CALLS = {
     "transformers:PreTrainedModel.set_attn_implementation": ["attn_implementation"],
@@ -72,6 +72,7 @@ def _probe_batch(tokenizer, texts: Sequence[str], max_length: int) -> tuple[torc
 @torch.no_grad()
 def hidden_states(model, tokenizer, texts: Sequence[str], max_length: int = 64) -> list[torch.Tensor]:
     """Per layer (embeddings, then each block), the hidden states of every real token: a list of (n_tokens, d)."""
+    check_vocab(model, tokenizer, "hidden_states", error=LayerError)
     ids, mask = _probe_batch(tokenizer, texts, max_length)
     device = next(model.parameters()).device
     model.eval()
@@ -239,3 +240,29 @@ def plot_layer_profiles(layer_rows, measures: Sequence[str] = tuple(MEASURES)):
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def layer_findings(layer_rows, noisy: str = "label"):
+    """Half-by-half summary of each comparison, and the lesson's two layer claims for the `noisy` comparisons.
+
+    Change is 1 - CKA. Claims: (1) the upper half of the blocks changes more than the lower half; (2) attention
+    maps stay more similar to the reference than hidden states do (mean attention similarity > mean CKA).
+    Returns (checks, summary DataFrame).
+    """
+    import pandas as pd
+
+    df = pd.DataFrame(layer_rows)
+    checks, summary = {}, []
+    for (family, comparison), rows in df.groupby(["family", "comparison"], sort=False):
+        rows = rows.sort_values("layer")
+        lower, upper = upper_vs_lower((1 - rows.cka).tolist())
+        w_lower, w_upper = upper_vs_lower(rows.weight_change.tolist())
+        summary.append({"family": family, "comparison": comparison, "1-CKA lower half": lower,
+                        "1-CKA upper half": upper, "weight change lower half": w_lower,
+                        "weight change upper half": w_upper, "mean CKA": rows.cka.mean(),
+                        "mean attention sim": rows.attention_sim.mean()})
+        if comparison.startswith(noisy):
+            checks[f"{family}: {comparison} changes the upper half more than the lower half"] = bool(upper > lower)
+            checks[f"{family}: {comparison}: attention maps stay closer to clean than hidden states"] = bool(
+                rows.attention_sim.mean() > rows.cka.mean())
+    return checks, pd.DataFrame(summary).set_index(["family", "comparison"])

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from course_utils.errors import CourseError
+from course_utils.errors import CourseError, check_rate
 
 LIBRARY_CALLS = {
     "transformers:EarlyStoppingCallback": ["early_stopping_patience", "early_stopping_threshold"],
@@ -29,6 +29,7 @@ LIBRARY_CALLS = {
                                        "load_best_model_at_end", "metric_for_best_model", "greater_is_better",
                                        "save_total_limit", "per_device_eval_batch_size", "weight_decay"],
     "transformers:TrainerState": ["best_metric"],
+    "transformers:set_seed": ["seed"],
     "transformers:TrainerControl": [],
     "transformers:Trainer.__init__": ["model", "args", "train_dataset", "eval_dataset", "data_collator",
                                       "callbacks"],
@@ -65,13 +66,85 @@ class Setting:
 
 @dataclass
 class OverfitConfig:
-    """The shared budget: every setting trains this many epochs on the same small set (unless stopped early)."""
+    """The shared budget: every setting trains this many epochs on the same small set (unless stopped early).
 
-    epochs: int = 20
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    lora_learning_rate: float = 5e-3   # adapters usually want a larger step than full fine-tuning
+    The default learning rates suit the tiny cpu-profile models; `for_profile("gpu")` gives the usual rates for
+    hub checkpoints."""
+
+    epochs: int = 12
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    lora_learning_rate: float = 1e-2   # adapters usually want a larger step than full fine-tuning
     seed: int = 0
+
+    @classmethod
+    def for_profile(cls, profile: str, **overrides) -> "OverfitConfig":
+        rates = {"learning_rate": 5e-5, "lora_learning_rate": 5e-4} if profile == "gpu" else {}
+        return cls(**{**rates, **overrides})
+
+
+# ---- the task: write a short biography of a person the model knows ----
+
+BIO_PROMPT = "Write a short biography of {name}.\n"
+
+
+@dataclass
+class BioTask:
+    """Seen people split three ways: a small training set, a validation set for the curves and early stopping,
+    and a test set for the task metric. Each person gets one biography (`bios`, drawn once): the four facts (which
+    the base model knows) in a random phrasing and order (which nothing can predict). Memorising the phrasings of
+    the training biographies is what overfitting looks like here."""
+
+    train: list
+    val: list
+    test: list
+    bios: dict
+
+    def dataset(self, tokenizer, people, max_length: int = 96):
+        """Prompt/completion examples (loss on the biography only), one per person."""
+        from course_utils.train import tokenize_prompt_completion
+
+        return tokenize_prompt_completion(tokenizer, [BIO_PROMPT.format(name=p.name) for p in people],
+                                          [self.bios[p.name] for p in people], max_length)
+
+
+def bio_task(world, n_train: int = 32, n_val: int = 32, n_test: int = 48, seed: int = 0) -> BioTask:
+    """Draw disjoint train / validation / test people from the seen people, and one biography each (seeded, one
+    random stream, so no two people share their phrasing choices by construction)."""
+    import random
+
+    from course_utils.world import biography
+
+    people = list(world.seen)
+    if min(n_train, n_val, n_test) < 1 or n_train + n_val + n_test > len(people):
+        raise OverfitError(f"bio_task: need 1 <= sizes and n_train + n_val + n_test <= {len(people)} seen people, "
+                           f"got {n_train} + {n_val} + {n_test}")
+    rng = random.Random(seed)
+    rng.shuffle(people)
+    chosen = people[:n_train + n_val + n_test]
+    return BioTask(train=chosen[:n_train], val=chosen[n_train:n_train + n_val], test=chosen[n_train + n_val:],
+                   bios={p.name: biography(p, rng) for p in chosen})
+
+
+def biography_accuracy(model, tokenizer, people, max_new_tokens: int = 56) -> float:
+    """The task metric: share of the 4 facts a greedy biography states correctly, counting only sentences that
+    name the person (a biography that drifts into another person's facts earns nothing for them)."""
+    from course_utils.evaluate import generate
+
+    if not people:
+        raise OverfitError("biography_accuracy: no people given")
+    outs = generate(model, tokenizer, [BIO_PROMPT.format(name=p.name) for p in people], max_new_tokens)
+    return sum(facts_stated(p, out) for p, out in zip(people, outs)) / len(people)
+
+
+def facts_stated(person, text: str) -> float:
+    """Share of `person`'s 4 facts stated in the sentences of `text` that name them."""
+    import re
+
+    named = re.compile(rf"\b{re.escape(person.name)}\b")   # 'Mira Stroud' must not match 'Mira Stroudwick'
+    own = " ".join(s for s in text.split(".") if named.search(s)).replace(",", " ").split()
+    facts = person.facts()
+    return sum(value in own for value in facts.values()) / len(facts)
 
 
 def dropout_overrides(family: str, p: float) -> dict[str, float]:
@@ -81,9 +154,9 @@ def dropout_overrides(family: str, p: float) -> dict[str, float]:
     Note the shipped GPT-2 was built with GPT-2's default 0.1, so 'no dropout' must be asked for explicitly."""
     from course_utils.zoo import check_family
 
-    if not 0.0 <= p < 1.0:
-        raise OverfitError(f"dropout must be in [0, 1), got {p}")
-    if check_family(family) == "gpt2":
+    check_family(family)
+    check_rate(p, "dropout_overrides", "dropout", high_open=True, error=OverfitError)
+    if family == "gpt2":
         return {"resid_pdrop": p, "embd_pdrop": p, "attn_pdrop": p}
     return {"attention_dropout": p}
 
@@ -112,17 +185,29 @@ class _DropOtherSetWarning(logging.Filter):
 
 
 def train_setting(setting: Setting, family: str, train_dataset, val_dataset, data_collator,
-                  config: OverfitConfig = OverfitConfig(), output_dir: str | None = None):
+                  config: OverfitConfig = OverfitConfig(), output_dir: str | None = None,
+                  num_labels: int | None = None):
     """Fine-tune the shipped `family` model under `setting`; the trainer's log holds train and validation loss per
-    epoch (both measured in eval mode on the whole set, so dropout does not inflate the training loss)."""
-    from transformers import EarlyStoppingCallback, Trainer
+    epoch (both measured in eval mode on the whole set, so dropout does not inflate the training loss).
+
+    `num_labels` switches to a sequence-classification head (LoRA then also trains that new head)."""
+    from transformers import AutoModelForSequenceClassification, EarlyStoppingCallback, Trainer, set_seed
+    from transformers.trainer_callback import PrinterCallback
 
     from course_utils import zoo
     from course_utils.peft_methods import apply_lora
 
-    model, _ = zoo.load(family, **dropout_overrides(family, setting.dropout))
+    set_seed(config.seed)   # the same initial head and adapter weights for every setting
+    overrides = dropout_overrides(family, setting.dropout)
+    if num_labels:
+        model, tok = zoo.load(family, model_class=AutoModelForSequenceClassification, num_labels=num_labels,
+                              **overrides)
+        model.config.pad_token_id = tok.pad_token_id
+    else:
+        model, _ = zoo.load(family, **overrides)
     if setting.lora_rank:
-        model = apply_lora(model, r=setting.lora_rank, dropout=setting.dropout)
+        model = apply_lora(model, r=setting.lora_rank, dropout=setting.dropout,
+                           task_type="SEQ_CLS" if num_labels else "CAUSAL_LM")
     callbacks = []
     if setting.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=setting.early_stopping_patience))
@@ -130,6 +215,7 @@ def train_setting(setting: Setting, family: str, train_dataset, val_dataset, dat
     trainer = Trainer(model=model, args=overfit_args(setting, config, output_dir), train_dataset=train_dataset,
                       eval_dataset={TRAIN: train_dataset, VAL: val_dataset}, data_collator=data_collator,
                       callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)   # the curves are plotted; no dict printed per epoch
     trainer.train()
     return trainer
 
@@ -228,3 +314,18 @@ def plot_curves(curves_by_setting: Mapping[str, Sequence[Mapping[str, float]]],
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def run_setting(setting: Setting, family: str, task: BioTask, tokenizer, config: OverfitConfig = OverfitConfig()):
+    """Train one setting on the biography task and measure it. Returns (row, curves, trainer): the row holds the
+    curve summary (at the checkpoint the run ends with) and the task metric on the test people."""
+    from course_utils.train import causal_collator
+
+    trainer = train_setting(setting, family, task.dataset(tokenizer, task.train), task.dataset(tokenizer, task.val),
+                            causal_collator(tokenizer), config)
+    curves = loss_curves(trainer)
+    kept = kept_step(trainer)
+    summary = curve_summary(curves, kept)
+    row = {"setting": setting.name, **summary, "kept step": kept,
+           "biography accuracy": biography_accuracy(trainer.model, tokenizer, task.test)}
+    return row, curves, trainer

@@ -21,7 +21,7 @@ import re
 
 import warnings
 
-from course_utils.errors import CourseError
+from course_utils.errors import CourseError, check_model, check_rate
 
 # Attention-only LoRA targets per family. GPT-2's `c_proj` also names an MLP layer (`mlp.c_proj`), so GPT-2 uses a
 # regex that matches only the attention block's matrices.
@@ -60,6 +60,7 @@ class PeftError(CourseError):
 
 def model_family(model) -> str:
     """The course family of a model ('gpt2', 'qwen2' or 'llama') from its config."""
+    check_model(model, "model_family", error=PeftError)
     family = getattr(model.config, "model_type", None)
     if family not in LORA_TARGETS:
         raise PeftError(f"model type {family!r} is not one of the course families {tuple(LORA_TARGETS)}")
@@ -67,7 +68,7 @@ def model_family(model) -> str:
 
 
 def _check_family(family: str, what: str) -> str:
-    if family not in LORA_TARGETS:
+    if not isinstance(family, str) or family not in LORA_TARGETS:
         raise PeftError(f"unknown family {family!r} for {what}; choose one of {tuple(LORA_TARGETS)}")
     return family
 
@@ -82,8 +83,7 @@ def lora_config(family: str, r: int = 8, alpha: int | None = None, dropout: floa
     _check_family(family, "LoRA")
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise PeftError(f"LoRA rank must be >= 1, got {r!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise PeftError(f"LoRA dropout must be in [0, 1), got {dropout}")
+    check_rate(dropout, "lora_config", "LoRA dropout", high_open=True, error=PeftError)
     targets = target_modules if target_modules is not None else (LORA_TARGETS_ALL if mlp else LORA_TARGETS)[family]
     return LoraConfig(r=r, lora_alpha=alpha if alpha is not None else 2 * r, lora_dropout=dropout,
                       target_modules=targets, task_type=task_type, fan_in_fan_out=family == "gpt2")
@@ -193,8 +193,9 @@ def transformer_blocks(model):
 def freeze_lower_layers(model, n_frozen: int, freeze_embeddings: bool = True):
     """Freeze the embeddings and the lowest `n_frozen` blocks; upper blocks, final norm and head stay trainable."""
     blocks = transformer_blocks(model)
-    if not 0 <= n_frozen <= len(blocks):
-        raise PeftError(f"n_frozen must be in [0, {len(blocks)}] for this model, got {n_frozen}")
+    if isinstance(n_frozen, bool) or not isinstance(n_frozen, int) or not 0 <= n_frozen <= len(blocks):
+        raise PeftError(f"freeze_lower_layers: n_frozen must be in [0, {len(blocks)}] for this model "
+                        f"({len(blocks)} layers), got {n_frozen!r}")
     for p in model.parameters():
         p.requires_grad = True
     if freeze_embeddings:

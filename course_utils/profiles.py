@@ -7,6 +7,7 @@ either with the `COURSE_PROFILE` environment variable.
 
 from __future__ import annotations
 
+import numbers
 import os
 import platform
 import random
@@ -68,6 +69,8 @@ def cuda_available() -> bool:
 
 def choose_profile(requested: str | None = None) -> str:
     """`requested`, else `COURSE_PROFILE`, else `gpu` when CUDA is present, else `cpu`."""
+    if requested is not None and not isinstance(requested, str):
+        raise ProfileError(f"unknown profile {requested!r} (a {type(requested).__name__}); choose one of {PROFILES}")
     profile = requested or os.environ.get("COURSE_PROFILE") or ("gpu" if cuda_available() else "cpu")
     profile = profile.strip().lower()
     if profile not in PROFILES:
@@ -77,6 +80,8 @@ def choose_profile(requested: str | None = None) -> str:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) so a run repeats exactly on the same machine."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        raise ProfileError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     import numpy as np
     import torch
 
@@ -121,6 +126,8 @@ def setup(profile: str | None = None, seed: int = 0, quiet: bool = False) -> Env
     import torch
     from transformers.utils import logging as hf_logging
 
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        raise ProfileError(f"setup: seed must be an integer in [0, 2**32), got {seed!r}")
     chosen = choose_profile(profile)
     gpu_name = gpu_mem = None
     if chosen == "gpu":

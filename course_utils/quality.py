@@ -19,6 +19,7 @@ scikit-learn), as cleanlab's own tutorials do; the LLM is fine-tuned once on the
 from __future__ import annotations
 
 import hashlib
+import numbers
 import random
 import re
 import string
@@ -30,7 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from course_utils.data import DataError, require_columns
-from course_utils.errors import CourseError
+from course_utils.errors import check_count, check_rate
 
 LIBRARY_CALLS = {
     "cleanlab.filter:find_label_issues": ["labels", "pred_probs", "filter_by"],
@@ -50,8 +51,7 @@ class QualityError(DataError):
 
 
 def _check_rate(name: str, value: float, where: str) -> None:
-    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise QualityError(f"{where}: {name} must be a rate in [0, 1], got {value!r}")
+    check_rate(value, where, name, error=QualityError)
 
 
 def _check_rows(rows: Sequence[dict[str, Any]], where: str, text_key: str = "text",
@@ -60,6 +60,8 @@ def _check_rows(rows: Sequence[dict[str, Any]], where: str, text_key: str = "tex
     for i, row in enumerate(rows):
         if not isinstance(row[text_key], str):
             raise QualityError(f"{where} row {i}: {text_key!r} is {type(row[text_key]).__name__}, not str")
+        if label_key and (isinstance(row[label_key], bool) or not isinstance(row[label_key], numbers.Integral)):
+            raise QualityError(f"{where} row {i}: {label_key!r} is {row[label_key]!r}, not an integer class")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -550,8 +552,8 @@ def augment(rows: Sequence[dict[str, Any]], copies: int = 1, alpha: float = 0.1,
     translation model, which the offline cpu profile does not ship, so the course uses EDA.
     """
     _check_rows(rows, "augment", text_key, label_key=None)
-    if copies < 0:
-        raise QualityError(f"augment: copies must be >= 0, got {copies}")
+    check_count(copies, "augment", "copies", error=QualityError)
+    _check_rate("alpha", alpha, "augment")
     rng = random.Random(seed)
     out = [dict(r, augmented=False) for r in rows]
     for r in rows:
@@ -559,3 +561,34 @@ def augment(rows: Sequence[dict[str, Any]], copies: int = 1, alpha: float = 0.1,
             out.append(dict(r, augmented=True, **{text_key: eda(r[text_key], rng, alpha)}))
     rng.shuffle(out)
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Task quality of a training set
+# --------------------------------------------------------------------------------------------------------------
+
+def train_and_score(train_rows: Sequence[dict[str, Any]], test_rows: Sequence[dict[str, Any]], family: str = "gpt2",
+                    steps: int = 120, seed: int = 0, config=None, label_key: str = "label"):
+    """Fine-tune a fresh classifier of `family` for a fixed number of steps on `train_rows`; score it on `test_rows`.
+
+    A fixed step budget makes training sets of different sizes comparable at equal compute. Returns
+    (model, tokenizer, {"accuracy", "log_loss"}); log-loss (mean -log p(true label)) still moves when accuracy is
+    near 1. Test labels must be the true ones.
+    """
+    from course_utils.classify import ClassifierConfig, load_classifier, predict_proba, train_classifier
+
+    _check_rows(train_rows, "train_and_score (train)", label_key=label_key)
+    _check_rows(test_rows, "train_and_score (test)", label_key=label_key)
+    if steps < 1:
+        raise QualityError(f"train_and_score: steps must be >= 1, got {steps}")
+    config = config or ClassifierConfig(seed=seed, max_length=32)
+    import torch
+
+    torch.manual_seed(seed)
+    model, tok = load_classifier(family)
+    train_classifier(model, tok, train_rows, config, max_steps=steps)
+    probs = predict_proba(model, tok, test_rows, max_length=config.max_length)
+    labels = np.array([int(r[label_key]) for r in test_rows])
+    p_true = probs[np.arange(len(labels)), labels]
+    return model, tok, {"accuracy": float((probs.argmax(-1) == labels).mean()),
+                        "log_loss": float(-np.log(np.clip(p_true, 1e-9, 1)).mean())}

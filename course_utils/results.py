@@ -1,6 +1,7 @@
 """Each lesson's measured table, saved in one documented format so the capstone and `course report` can read it.
 
-Format (`runs/results/<lesson>.json`, one file per lesson, rewritten each time the lesson runs):
+Format (`runs/results/<lesson>.json`, one file per lesson, holding the latest run; nothing is overwritten silently:
+the previous version is first moved to `runs/results/history/<lesson>-<UTC timestamp>.json`):
 
     {"lesson": "04_noise_study", "profile": "cpu",
      "table": [{...one row per measured configuration...}],
@@ -44,9 +45,26 @@ def _rows(table: Any) -> list[dict[str, Any]]:
 
 def save_results(lesson: str, table: Any, checks: Mapping[str, bool] | None = None, echoes: str = "",
                  notes: str = "", profile: str | None = None, directory: Path | None = None) -> Path:
-    """Write a lesson's measured table (a DataFrame or a list of dicts) and its checked findings."""
+    """Write a lesson's measured table (a DataFrame or a list of dicts) and its checked findings.
+
+    The latest record is `<directory>/<lesson>.json` (what the capstone and `course report` read). If that file
+    already exists, it is archived first as `<directory>/history/<lesson>-<UTC timestamp>.json`, so re-running a
+    lesson never silently destroys an earlier measurement.
+    """
     from course_utils.profiles import choose_profile
 
+    if not isinstance(lesson, str) or not lesson.strip() or any(c in lesson for c in "/\\"):
+        raise CourseError(f"save_results: lesson must be a notebook stem like '04_noise_study', got {lesson!r}")
+    if isinstance(table, (str, bytes, Mapping)) or not hasattr(table, "__iter__"):
+        raise CourseError(f"save_results({lesson!r}): table must be a DataFrame or a list of dicts, "
+                          f"got {type(table).__name__}")
+    if checks is not None and not isinstance(checks, Mapping):
+        raise CourseError(f"save_results({lesson!r}): checks must be a dict {{finding: bool}}, "
+                          f"got {type(checks).__name__}")
+    bad = [i for i, r in enumerate(table if isinstance(table, Sequence) else []) if not isinstance(r, Mapping)]
+    if bad:
+        raise CourseError(f"save_results({lesson!r}): table row {bad[0]} is {type(table[bad[0]]).__name__}, "
+                          f"not a dict")
     rows = _rows(table)
     if not rows:
         raise CourseError(f"save_results({lesson!r}): the measured table is empty")
@@ -54,8 +72,30 @@ def save_results(lesson: str, table: Any, checks: Mapping[str, bool] | None = No
               "checks": {k: bool(v) for k, v in (checks or {}).items()}, "echoes": echoes, "notes": notes}
     out = Path(directory or results_dir()) / f"{lesson}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        archive(out)
     out.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     return out
+
+
+def archive(path: Path) -> Path:
+    """Move a saved record to `history/<stem>-<UTC timestamp>.json` beside it; returns the archived path."""
+    from datetime import datetime, timezone
+
+    history = path.parent / "history"
+    history.mkdir(exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    target = history / f"{path.stem}-{stamp}.json"
+    n = 1
+    while target.exists():  # two saves within the same microsecond: keep both
+        target, n = history / f"{path.stem}-{stamp}-{n}.json", n + 1
+    path.replace(target)
+    return target
+
+
+def history(lesson: str, directory: Path | None = None) -> list[Path]:
+    """Archived earlier records of `lesson`, oldest first."""
+    return sorted((Path(directory or results_dir()) / "history").glob(f"{lesson}-*.json"))
 
 
 def load_results(lesson: str, directory: Path | None = None) -> dict[str, Any]:

@@ -27,6 +27,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from course_utils.errors import CourseError
+
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if not texts or bad:
+        raise CourseError("train_tokenizer: no texts given" if not texts else
+                          f"train_tokenizer: text {bad[0]} is {type(texts[bad[0]]).__name__}, not str")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -34,7 +41,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
         special_tokens=[BOS_EOS, PAD, *CHAT_TOKENS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(list(texts), trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS_EOS, eos_token=BOS_EOS, unk_token=None, pad_token=PAD,
         additional_special_tokens=CHAT_TOKENS, model_max_length=256)

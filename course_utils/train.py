@@ -7,9 +7,21 @@ they will use on real models. This module only fixes the defaults that matter fo
 from __future__ import annotations
 
 import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Sequence
 
 from course_utils.data import DataError
+from course_utils.errors import CourseError
+
+class TrainingSettingsError(CourseError, ValueError):
+    """Training arguments that `TrainingArguments` would refuse (or silently misuse)."""
+
+
+LIBRARY_CALLS = {
+    "transformers:TrainingArguments": ["save_steps", "save_total_limit", "save_only_model"],
+    "transformers:Trainer.train": ["resume_from_checkpoint"],
+}
 
 
 def bos_id(tokenizer) -> int:
@@ -26,6 +38,8 @@ def bos_id(tokenizer) -> int:
 
 def encode(tokenizer, text: str, add_bos: bool = True, add_eos: bool = False) -> list[int]:
     """Token ids of `text` with the course's conventions: BOS first, optional EOS last, no other specials."""
+    if not isinstance(text, str):
+        raise DataError(f"encode: text is {type(text).__name__} ({text!r:.40}), not str")
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return ([bos_id(tokenizer)] if add_bos else []) + ids + ([tokenizer.eos_token_id] if add_eos else [])
 
@@ -54,6 +68,10 @@ def tokenize_prompt_completion(tokenizer, prompts: Sequence[str], completions: S
         raise DataError(f"tokenize_prompt_completion: {len(prompts)} prompts but {len(completions)} completions")
     if len(prompts) == 0:
         raise DataError("tokenize_prompt_completion: no examples given")
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        if not isinstance(prompt, str) or not isinstance(completion, str):
+            raise DataError(f"tokenize_prompt_completion: example {i} has a {type(prompt).__name__} prompt and a "
+                            f"{type(completion).__name__} completion; both must be str")
     rows = []
     for prompt, completion in zip(prompts, completions):
         p = encode(tokenizer, prompt)
@@ -81,7 +99,12 @@ def training_args(output_dir: str | None = None, **overrides):
 
     Pass any `TrainingArguments` keyword to override. The defaults keep a notebook's run short and quiet.
     """
+    import inspect
+    import math
+    import numbers
+
     import torch
+    import transformers
     from transformers import TrainingArguments
 
     defaults: dict[str, Any] = dict(
@@ -91,4 +114,79 @@ def training_args(output_dir: str | None = None, **overrides):
         warmup_steps=10, seed=0, data_seed=0, use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0, disable_tqdm=True, remove_unused_columns=False)
     defaults.update(overrides)
-    return TrainingArguments(**defaults)
+    known = inspect.signature(TrainingArguments).parameters
+    unknown = sorted(k for k in overrides if k not in known)
+    if unknown:
+        raise TrainingSettingsError(f"training_args: unknown TrainingArguments keyword(s) {unknown} "
+                                    f"(renamed in transformers {transformers.__version__}?)")
+    for key in ("learning_rate", "num_train_epochs"):
+        value = defaults[key] if key in defaults else None
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0
+                                  or math.isnan(value)):
+            raise TrainingSettingsError(f"training_args: {key} must be a positive number, got {value!r}")
+    batch = defaults["per_device_train_batch_size"]
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise TrainingSettingsError(f"training_args: per_device_train_batch_size must be a positive integer, "
+                                    f"got {batch!r}")
+    try:
+        return TrainingArguments(**defaults)
+    except ValueError as err:  # transformers' own consistency checks: keep the message, drop the traceback
+        raise TrainingSettingsError(f"training_args: {str(err).strip().splitlines()[0]}") from None
+
+
+def run_dir(lesson: str, name: str | None = None, root: str | Path | None = None) -> Path:
+    """A run-specific folder `runs/checkpoints/<lesson>/<name>` (name defaults to a UTC timestamp).
+
+    Checkpoints of one run never land in another run's folder, so nothing a learner trained is overwritten
+    silently; pass the same `name` again to resume that run.
+    """
+    from course_utils.paths import RUNS_DIR
+
+    if not isinstance(lesson, str) or not lesson.strip() or "/" in lesson:
+        raise CourseError(f"run_dir: lesson must be a non-empty name without '/', got {lesson!r}")
+    name = name or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+    return Path(root or RUNS_DIR / "checkpoints") / lesson / name
+
+
+def resumable_training_args(run_folder: str | Path, save_steps: int, save_total_limit: int | None = 2,
+                            **overrides):
+    """`training_args` that save a checkpoint every `save_steps` steps into `run_folder`, so training can resume.
+
+    Each checkpoint (`checkpoint-<step>/`) holds the weights as `model.safetensors` (transformers 5 writes only
+    safetensors, so there is no `save_safetensors` switch any more) plus the optimizer, scheduler, RNG states and
+    step counter that `Trainer` needs to continue exactly where it stopped. Only the newest `save_total_limit`
+    checkpoints are kept.
+    """
+    if not isinstance(save_steps, int) or isinstance(save_steps, bool) or save_steps < 1:
+        raise CourseError(f"resumable_training_args: save_steps must be a positive int, got {save_steps!r}")
+    return training_args(output_dir=str(run_folder), save_strategy="steps", save_steps=save_steps,
+                         save_total_limit=save_total_limit, save_only_model=False, **overrides)
+
+
+def last_checkpoint(run_folder: str | Path) -> str | None:
+    """The newest *complete* `checkpoint-<step>` folder in `run_folder`, or None when there is none yet.
+
+    Hand-written rather than `transformers.trainer_utils.get_last_checkpoint`, which returns the newest folder
+    even when a kill interrupted its writing; Trainer writes `trainer_state.json` last, so we require it.
+    """
+    run_folder = Path(run_folder)
+    if not run_folder.is_dir():
+        return None
+    steps = sorted((int(p.name.split("-")[1]), p) for p in run_folder.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-")[1].isdigit())
+    # weights are model.safetensors, or adapter_model.safetensors for a PEFT model
+    complete = [p for _, p in steps if (p / "trainer_state.json").is_file() and any(p.glob("*.safetensors"))]
+    return str(complete[-1]) if complete else None
+
+
+def train_with_resume(trainer):
+    """`trainer.train()`, resumed from the newest checkpoint in `trainer.args.output_dir` when one exists.
+
+    After an interruption (a killed kernel, a closed laptop) call this again with a trainer built the same way:
+    Trainer reloads weights, optimizer, scheduler and RNG states and skips the batches already seen, so the run
+    ends where an uninterrupted run would have ended.
+    """
+    if trainer.args.save_strategy == "no":
+        raise CourseError("train_with_resume: the trainer saves no checkpoints (save_strategy='no'); "
+                          "build its arguments with resumable_training_args(...)")
+    return trainer.train(resume_from_checkpoint=last_checkpoint(trainer.args.output_dir))

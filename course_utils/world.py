@@ -16,6 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from course_utils.errors import CourseError
+
+
+class WorldError(CourseError, ValueError):
+    """A world configuration that cannot be built, or something that is not a person where a person is needed."""
+
 # Every attribute value is a single word, so that a tokenizer trained on the corpus gives it a single token and
 # "does the model know X's city?" is one next-token decision.
 CITIES = ["Veltra", "Morwick", "Ashdale", "Corrin", "Pellham", "Quarrow", "Brisket", "Dunmore",
@@ -143,10 +149,10 @@ class WorldConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.n_heldout < self.n_people:
-            raise ValueError(f"WorldConfig: n_heldout must be in [0, n_people), got {self.n_heldout} "
+            raise WorldError(f"WorldConfig: n_heldout must be in [0, n_people), got {self.n_heldout} "
                              f"with n_people={self.n_people}")
         if self.n_people > len(LAST_NAMES):
-            raise ValueError(f"WorldConfig: n_people={self.n_people} exceeds the {len(LAST_NAMES)} unique surnames")
+            raise WorldError(f"WorldConfig: n_people={self.n_people} exceeds the {len(LAST_NAMES)} unique surnames")
 
 
 @dataclass
@@ -207,6 +213,8 @@ PHRASING_WEIGHTS = [0.6, 0.4 / 3, 0.4 / 3, 0.4 / 3]
 
 def biography(person: Person, rng: random.Random) -> str:
     """One biography: each attribute in a randomly drawn phrasing (mostly canonical), sentences in random order."""
+    if not isinstance(person, Person):
+        raise WorldError(f"biography: expected a world.Person, got {type(person).__name__}")
     sentences = [rng.choices(BIO_TEMPLATES[attr], weights=PHRASING_WEIGHTS)[0].format(name=person.name, value=value)
                  for attr, value in person.facts().items()]
     rng.shuffle(sentences)

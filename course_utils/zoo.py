@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from course_utils.errors import CourseError
+from course_utils.errors import CourseError, check_model
 from course_utils.paths import MODELS_DIR
 
 FAMILIES = ("gpt2", "qwen2", "llama")
@@ -53,7 +53,7 @@ class TinySpec:
 
 
 def check_family(family: str) -> str:
-    if family not in FAMILIES:
+    if not isinstance(family, str) or family not in FAMILIES:
         raise ZooError(f"unknown model family {family!r}; choose one of {FAMILIES}")
     return family
 
@@ -87,6 +87,8 @@ def build_model(family: str, tokenizer, spec: TinySpec = TinySpec(), seed: int =
 
 def count_parameters(model, trainable_only: bool = False) -> int:
     """Number of (trainable) parameters; tied embeddings are counted once."""
+    if not hasattr(model, "parameters"):
+        raise ZooError(f"count_parameters: expected a torch model, got {type(model).__name__}")
     seen, total = set(), 0
     for p in model.parameters():
         if id(p) in seen or (trainable_only and not p.requires_grad):
@@ -237,6 +239,7 @@ def load(family: str, profile: str | None = None, model_class=None, models_dir: 
 
 def describe(model) -> dict[str, object]:
     """One row of architecture facts for the side-by-side table of lesson 00."""
+    check_model(model, "describe", error=ZooError)
     cfg = model.config
     family = cfg.model_type
     # the weight matrices inside attention blocks: what LoRA will later target

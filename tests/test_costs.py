@@ -99,3 +99,22 @@ def test_time_steps_and_step_seconds_errors():
 
     with pytest.raises(costs.CostError, match="has not finished"):
         costs.step_seconds(Untrained())
+
+
+def test_qa_task_splits_by_person_and_quality_is_in_range(tokenizer):
+    from course_utils.world import make_world
+
+    task = costs.qa_task(make_world(), test_share=0.25, n_test=24)
+    assert not {r["person"] for r in task.train} & {r["person"] for r in task.test}
+    assert len(task.test) == 24 and all(r["split"] == "seen" for r in task.train + task.test)
+    model = zoo.build_model("llama", tokenizer, SMALL)
+    q = costs.answer_quality(model, tokenizer, task.test[:8], n_generate=4)
+    assert q["answer_ppl"] > 1.0 and 0.0 <= q["answer_acc"] <= 1.0
+    batch = costs.example_batch(tokenizer, task.train, size=3)
+    assert batch["input_ids"].shape[0] == 3 and (batch["labels"] == -100).any()   # the prompt is masked
+    with pytest.raises(costs.CostError, match="test_share must be in"):
+        costs.qa_task(make_world(), test_share=1.0)
+    with pytest.raises(costs.CostError, match="n must be in"):
+        costs.labelled_subset(task.train, 0)
+    with pytest.raises(costs.CostError, match="no learning rate for method 'bitfit'"):
+        costs.Budget().args("bitfit")

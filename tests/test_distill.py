@@ -112,3 +112,21 @@ def test_student_is_smaller_and_shares_the_tokenizer(tokenizer):
     teacher = zoo.build_model("qwen2", tokenizer)
     assert zoo.count_parameters(student) < 0.5 * zoo.count_parameters(teacher)
     assert student.config.vocab_size == teacher.config.vocab_size == len(tokenizer)
+
+
+@pytest.mark.parametrize("family", zoo.FAMILIES)
+def test_shrink_model_copies_every_other_block(family, tokenizer):
+    from course_utils.peft_methods import transformer_blocks
+
+    teacher = zoo.build_model(family, tokenizer, zoo.TinySpec(hidden=32, layers=4, heads=2, intermediate=64))
+    student = D.shrink_model(teacher)
+    t_blocks, s_blocks = transformer_blocks(teacher), transformer_blocks(student)
+    assert len(s_blocks) == 2
+    for s_block, t_block in zip(s_blocks, [t_blocks[0], t_blocks[2]]):
+        for (name, a), (_, b) in zip(s_block.state_dict().items(), t_block.state_dict().items()):
+            assert torch.equal(a, b), name
+    assert torch.equal(student.get_input_embeddings().weight, teacher.get_input_embeddings().weight)
+    x = torch.randint(5, 100, (2, 6))
+    assert student(input_ids=x).logits.shape == teacher(input_ids=x).logits.shape
+    with pytest.raises(D.DistillError, match="distinct block indices"):
+        D.shrink_model(teacher, [0, 0])

@@ -190,10 +190,46 @@ def test_fast_fact_recall_equals_fact_recall(tokenizer, gpt2):
     from course_utils.world import make_world
 
     world = make_world()
-    people = world.seen[:20] + world.heldout[:20]
+    people = world.seen[:12] + world.heldout[:12]
     shipped, shipped_tok = gpt2
     assert F.fast_fact_recall(shipped, shipped_tok, people) == fact_recall(shipped, shipped_tok, people)
     model = small_model(tokenizer, "qwen2", seed=3)
     with torch.no_grad():  # a random model predicts nearly uniformly; sharpen it so ranks are not near-ties
         model.get_output_embeddings().weight.mul_(20)
     assert F.fast_fact_recall(model, tokenizer, people) == fact_recall(model, tokenizer, people)
+
+
+def test_fisher_share_sums_to_one_over_layer_kinds(tokenizer):
+    model = small_model(tokenizer)
+    fisher = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    share = F.fisher_share(fisher)
+    assert share["other"] == 0 and sum(share.values()) == pytest.approx(1.0)
+    assert share["embeddings"] > 0 and share["attention"] > 0 and share["mlp"] > 0 and share["norms"] > 0
+    with pytest.raises(F.ForgettingError, match="zero everywhere"):
+        F.fisher_share({n: torch.zeros_like(f) for n, f in fisher.items()})
+
+
+def test_summarise_reads_each_run_at_matched_learning():
+    curve = lambda method, seed, olds: [  # noqa: E731
+        {"method": method, "setting": "", "lr": 1e-3, "seed": seed, "step": 10 * i, "new_recall": new,
+         "old_recall": old, "old_ppl": 2.0 + i} for i, (new, old) in enumerate(zip((0.0, 0.5, 1.0), olds))]
+    table = F.summarise(curve("naive", 0, (1.0, 0.6, 0.4)) + curve("ewc", 0, (1.0, 0.9, 0.8)), 0.75, base_old=1.0)
+    assert list(table["method"]) == ["naive", "ewc"]
+    assert table["old_recall@target"].tolist() == pytest.approx([0.5, 0.85])
+    assert table["forgot@target"].tolist() == pytest.approx([0.5, 0.15])
+    assert table["final_old_ppl"].tolist() == [4.0, 4.0]
+
+
+def test_run_method_trains_a_copy_and_labels_its_rows(tokenizer):
+    base = small_model(tokenizer)
+    before = {n: p.detach().clone() for n, p in base.named_parameters()}
+    measure = lambda m: {"new_recall": 0.0, "old_recall": 1.0}  # noqa: E731
+    cfg = F.RunConfig(steps=2, batch_size=2, eval_every=2, learning_rate=1e-2)
+    rows = F.run_method(base, tokenizer, "rehearsal", ["a b c", "d e f"], measure, cfg, old_texts=["x y z"],
+                        ratio=0.5)
+    assert {(r["method"], r["setting"], r["lr"], r["seed"]) for r in rows} == {("rehearsal", "50% old", 1e-2, 0)}
+    assert all(torch.equal(p, before[n]) for n, p in base.named_parameters())
+    with pytest.raises(F.ForgettingError, match="unknown method 'dropout'"):
+        F.run_method(base, tokenizer, "dropout", ["a"], measure, cfg)
+    with pytest.raises(F.ForgettingError, match="pass the Fisher"):
+        F.run_method(base, tokenizer, "ewc", ["a"], measure, cfg)

@@ -45,12 +45,63 @@ def test_lesson_states_runtime_and_ends_with_what_we_measured(path):
     assert "assert " in text, f"{path.name}: a lesson checks its finding with an assert over measured numbers"
 
 
+# Artefact safety (issue 10): models are saved and loaded as safetensors only, remote code is never trusted, no
+# token or secret is stored or printed, and stored outputs carry no local paths of the machine that ran them.
+REMOTE_CODE = re.compile(r"trust_remote_code\s*=\s*True")
+PICKLE_SAVE = re.compile(r"torch\.save\(|pickle\.dumps?\(|^\s*import (c|_)?pickle|^\s*from (c|_)?pickle import|"
+                         r"safe_serialization\s*=\s*False|use_safetensors\s*=\s*False|weights_only\s*=\s*False",
+                         re.M)
+SECRET = re.compile(r"\bhf_[A-Za-z0-9]{30,}|\b(sk|ghp|gho|xox[bp])-?[A-Za-z0-9_]{20,}|"
+                    r"(?i:api[_-]?key|secret|password|token)\s*=\s*[\"'][^\"']{12,}[\"']")
+# printing (or showing as a cell's value) an environment variable that holds a token
+PRINTED_ENV_SECRET = re.compile(
+    r"(print|display|log\w*)\([^\n]*(os\.environ|getenv)[^\n]*(TOKEN|KEY|SECRET|PASSWORD)['\"]|"
+    r"^\s*(os\.environ(\.get)?|os\.getenv)[\[(][^\n]*(TOKEN|KEY|SECRET|PASSWORD)['\"][\])]\s*$", re.M)
+SOURCES = sorted((REPO_DIR / "course_utils").glob("*.py"))
+
+
+def code_of(path):
+    if path.suffix == ".py":
+        return path.read_text()
+    return "\n".join(source(c) for c in cells(path) if c["cell_type"] == "code")
+
+
+@pytest.mark.parametrize("path", ALL + SOURCES, ids=lambda p: p.name)
+def test_no_remote_code_no_pickled_models_no_secrets(path):
+    code, raw = code_of(path), path.read_text()
+    assert not REMOTE_CODE.search(raw), f"{path.name}: trust_remote_code=True runs code from the hub"
+    found = PICKLE_SAVE.search(code)
+    assert not found, f"{path.name}: {found.group(0)!r}: save and load models as safetensors (save_pretrained)"
+    found = SECRET.search(raw)
+    assert not found, f"{path.name}: something that looks like a token or secret is stored: {found.group(0)[:12]}..."
+    found = PRINTED_ENV_SECRET.search(code)
+    assert not found, f"{path.name}: a token-like environment variable is printed: {found.group(0).strip()!r}"
+
+
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
-def test_no_remote_code_no_secrets_no_local_paths(path):
-    raw = path.read_text()
-    assert "trust_remote_code=True" not in raw
-    assert not re.search(r"hf_[A-Za-z0-9]{30,}", raw), "a hub token is stored in the notebook"
+def test_stored_outputs_carry_no_local_paths(path):
     for cell in cells(path):
         for out in cell.get("outputs", []):
-            text = json.dumps(out)
-            assert not LOCAL_PATH.search(text), f"{path.name}: an output shows a local path"
+            found = LOCAL_PATH.search(json.dumps(out))
+            assert not found, f"{path.name}: an output shows a local path ({found.group(0)}...)"
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("model = AutoModel.from_pretrained(name, trust_remote_code = True)", REMOTE_CODE),
+    ("torch.save(model.state_dict(), 'm.pt')", PICKLE_SAVE), ("import pickle", PICKLE_SAVE),
+    ("model.save_pretrained(d, safe_serialization=False)", PICKLE_SAVE),
+    ("login(token='hf_" + "a1B2" * 9 + "')", SECRET), ("print(os.environ['HF_TOKEN'])", PRINTED_ENV_SECRET),
+    ("os.getenv('OPENAI_API_KEY')", PRINTED_ENV_SECRET), ("/root/.cache/huggingface", LOCAL_PATH),
+])
+def test_the_scanners_catch_what_they_look_for(text, pattern):
+    assert pattern.search(text)
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("cls.from_pretrained(p, use_safetensors=True, trust_remote_code=False)", REMOTE_CODE),
+    ("model.save_pretrained(out, safe_serialization=True)", PICKLE_SAVE),
+    ('forced = os.environ.get("COURSE_REVIEW", "")', PRINTED_ENV_SECRET),
+    ('CHAT_TOKENS = ["<|system|>", "<|user|>"]', SECRET),
+])
+def test_the_scanners_leave_safe_code_alone(text, pattern):
+    assert not pattern.search(text)

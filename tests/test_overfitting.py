@@ -67,3 +67,18 @@ def test_overfit_args_early_stopping_keeps_the_best():
     plain = O.overfit_args(O.Setting("plain", lora_rank=4), O.OverfitConfig(learning_rate=1e-3,
                                                                             lora_learning_rate=7e-3))
     assert not plain.load_best_model_at_end and plain.learning_rate == 7e-3
+
+
+def test_bio_task_is_disjoint_and_facts_stated_counts_only_own_sentences():
+    from course_utils.world import make_world
+
+    task = O.bio_task(make_world(), n_train=5, n_val=4, n_test=3, seed=1)
+    names = [p.name for p in task.train + task.val + task.test]
+    assert len(set(names)) == 12 and set(task.bios) == set(names)
+    person, other = task.test[0], task.test[1]
+    assert O.facts_stated(person, task.bios[person.name]) == 1.0
+    assert O.facts_stated(person, task.bios[other.name]) == 0.0   # another person's biography earns nothing
+    half = f"{person.name} was born in {person.birth_city}. {person.name} enjoys {person.hobby}."
+    assert O.facts_stated(person, half) == 0.5
+    with pytest.raises(O.OverfitError, match="need 1 <= sizes"):
+        O.bio_task(make_world(), n_train=0)
