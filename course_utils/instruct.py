@@ -6,24 +6,24 @@ Hugging Face `Trainer`), continue pretraining on plain text, and grade what come
 
 - `answer_recall`: does the model put the right value after its own answer template ("Mira Stroud was born in")?
   A 12-way forced choice like `evaluate.fact_recall`, but asked through the chat question, so it measures whether
-  the tuned model can *answer* a fact, not only complete a biography. Chance is 1/12.
+  the tuned model can *answer* a fact, not only complete a biography. Chance is 1/12. (`bio_recall` is the
+  biography probe of `evaluate.fact_recall`, scored the same fast way.)
 - `grade_answers`: the greedy answers, checked for format (the exact answer template with a valid value) and for
-  the right value.
-- `copying`: answers about a person the model never saw that reuse the value of a *similar* person from the
-  fine-tuning data (one who shares a first or last name): pattern copying, compared with a shuffled baseline.
+  the right value; `token_roles` names the part of the answer each token is (name, template, value, end).
+- `copying`: answers about a person the model does not know that talk about a person from the fine-tuning data
+  instead, and borrow that person's fact: pattern copying, which reads as a confident hallucination.
 """
 
 from __future__ import annotations
 
 import copy
-import random
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from course_utils.errors import CourseError
-from course_utils.world import ANSWERS, ATTRIBUTES, QUESTIONS, Person
+from course_utils.world import ANSWERS, ATTRIBUTES, QUESTIONS, RECALL_PROMPTS, Person
 
 METHODS = ("full", "lora")
 # Other wordings of the four questions, never used for training: does an answer survive a change of question?
@@ -60,8 +60,9 @@ class TuneConfig:
     lora_r: int = 8
     warmup_steps: int = 10
     seed: int = 0
-    format_target: float | None = None   # stop once format quality on `dev_rows` reaches this (checked every
-    eval_every: int = 20                 # `eval_every` steps): "trained to the same format quality"
+    format_target: float | None = None   # with dev rows: snapshot the model when format quality first reaches this
+    eval_every: int = 20                 # (checked every `eval_every` steps), and stop once it has and the run
+    min_steps: int = 0                   # has done at least `min_steps` steps
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -84,7 +85,10 @@ class TuneResult:
     steps: int
     seconds: float                                # wall-clock seconds of training
     cpu_seconds: float                            # CPU seconds (all threads) of training
+    trainable_params: int                         # parameters the optimiser updated
     history: list = field(default_factory=list)   # [{"step": s, "format": q}, ...] when dev rows were given
+    at_target: object = None                      # a copy of the model when it first reached the format target
+    target_step: int | None = None                # the step at which it did
 
 
 def chat_prompt(tokenizer, question: str) -> str:
@@ -100,6 +104,11 @@ def qa_rows(people: Sequence[Person], attributes: Sequence[str] | None = None,
     unknown = [a for a in attributes if a not in ATTRIBUTES]
     if unknown:
         raise InstructError(f"qa_rows: unknown attribute(s) {unknown}; known: {list(ATTRIBUTES)}")
+    if len(people) == 0:
+        raise InstructError("qa_rows: no people given")
+    bad = [i for i, p in enumerate(people) if not isinstance(p, Person)]
+    if bad:
+        raise InstructError(f"qa_rows: people[{bad[0]}] is a {type(people[bad[0]]).__name__}, not a world.Person")
     return [{"person": p.name, "attribute": a, "question": questions[a].format(name=p.name),
              "answer": ANSWERS[a].format(name=p.name, value=getattr(p, a)), "value": getattr(p, a)}
             for p in people for a in attributes]
@@ -111,14 +120,18 @@ def finetune(base, tokenizer, rows: Sequence[dict], config: TuneConfig = TuneCon
 
     With `method='lora'` an attention-only LoRA adapter (peft_methods.apply_lora) is trained and then merged into
     the weights, so the result is a plain model of the same class as `base`, ready for side-by-side analysis.
-    With `dev_rows`, format quality on them is checked every `config.eval_every` steps (kept in the history) and
-    training stops once it reaches `config.format_target`: this is how two methods are compared at *matched*
-    task performance rather than at matched steps.
+    With `dev_rows`, format quality on them is checked every `config.eval_every` steps (kept in the history); the
+    first time it reaches `config.format_target`, a copy of the model is kept (`TuneResult.at_target`), and
+    training stops once the target is reached and `config.min_steps` are done. One run thus gives a model at
+    *matched task performance* (to compare methods fairly) and one after a fixed number of steps.
     """
     from course_utils.train import tokenize_prompt_completion
 
     if len(rows) == 0:
         raise InstructError("finetune: no training rows given")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not isinstance(r.get("question"), str) or not isinstance(r.get("answer"), str):
+            raise InstructError(f"finetune: rows[{i}] needs text fields 'question' and 'answer', got {r!r:.80}")
     data = tokenize_prompt_completion(tokenizer, [chat_prompt(tokenizer, r["question"]) for r in rows],
                                       [r["answer"] for r in rows])
     return _train(base, tokenizer, data, config, list(dev_rows))
@@ -139,19 +152,26 @@ def _train(base, tokenizer, data, config: TuneConfig, dev_rows: list) -> TuneRes
     from course_utils.peft_methods import apply_lora
     from course_utils.profiles import seed_everything
     from course_utils.train import causal_collator, training_args
+    from course_utils.zoo import count_parameters
 
     history: list[dict] = []
+    snapshot: dict = {}
 
     class FormatCheck(TrainerCallback):
-        """Every `eval_every` steps: format quality on the dev rows; stop at the target."""
+        """Every `eval_every` steps: format quality on the dev rows; a snapshot at the target, then stop."""
 
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step % config.eval_every:
                 return control
-            quality = format_quality(grade_answers(kwargs["model"], tokenizer, dev_rows))
+            model_now = kwargs["model"]
+            quality = format_quality(grade_answers(model_now, tokenizer, dev_rows))
             history.append({"step": state.global_step, "format": quality})
-            kwargs["model"].train()
-            if config.format_target is not None and quality >= config.format_target:
+            if config.format_target is not None and quality >= config.format_target and not snapshot:
+                frozen = copy.deepcopy(model_now)
+                snapshot.update(model=(frozen.merge_and_unload() if config.method == "lora" else frozen).eval(),
+                                step=state.global_step)
+            model_now.train()
+            if snapshot and state.global_step >= config.min_steps:
                 control.should_training_stop = True
             return control
 
@@ -159,6 +179,7 @@ def _train(base, tokenizer, data, config: TuneConfig, dev_rows: list) -> TuneRes
     model = copy.deepcopy(base)
     if config.method == "lora":
         model = apply_lora(model, r=config.lora_r)
+    trainable = count_parameters(model, trainable_only=True)
     steps = dict(num_train_epochs=config.epochs, max_steps=-1) if config.epochs else dict(max_steps=config.max_steps)
     args = training_args(per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
                          warmup_steps=config.warmup_steps, seed=config.seed, data_seed=config.seed,
@@ -171,44 +192,90 @@ def _train(base, tokenizer, data, config: TuneConfig, dev_rows: list) -> TuneRes
     if config.method == "lora":
         model = model.merge_and_unload()
     return TuneResult(model=model.eval(), steps=trainer.state.global_step, seconds=round(seconds, 1),
-                      cpu_seconds=round(cpu_seconds, 1), history=history)
+                      cpu_seconds=round(cpu_seconds, 1), trainable_params=trainable, history=history,
+                      at_target=snapshot.get("model"), target_step=snapshot.get("step"))
+
+
+def _choice_recall(model, tokenizer, prompts: Sequence[str], values: Sequence[str], truth: Sequence[int],
+                   batch_size: int = 128) -> float:
+    """Share of prompts whose true value (index into `values`) scores best as the next token.
+
+    Every attribute value of the world is a single token, so one forward pass per prompt scores all 12 candidates
+    at once (12x cheaper than scoring each continuation as `evaluate.continuation_logprobs` does).
+    """
+    import torch
+
+    from course_utils.train import encode
+
+    ids = [tokenizer(f" {v}", add_special_tokens=False)["input_ids"] for v in values]
+    if any(len(i) != 1 for i in ids):
+        raise InstructError(f"_choice_recall: every value must be one token; got {dict(zip(values, ids))}")
+    cand = torch.tensor([i[0] for i in ids])
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    hits = 0
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            seqs = [encode(tokenizer, p) for p in prompts[start:start + batch_size]]
+            width = max(len(q) for q in seqs)
+            batch = torch.full((len(seqs), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(batch)
+            for i, q in enumerate(seqs):
+                batch[i, :len(q)], mask[i, :len(q)] = torch.tensor(q), 1
+            logits = model(input_ids=batch.to(device), attention_mask=mask.to(device)).logits
+            last = logits[torch.arange(len(seqs)), torch.tensor([len(q) - 1 for q in seqs])]
+            picks = last[:, cand.to(device)].argmax(-1).cpu()
+            hits += int((picks == torch.tensor(truth[start:start + batch_size])).sum())
+    return hits / len(prompts)
 
 
 def answer_recall(model, tokenizer, people: Sequence[Person], questions: dict[str, str] = QUESTIONS,
                   attributes: Sequence[str] | None = None) -> dict[str, float]:
-    """Per attribute: share of people whose true value is the top choice after the chat question and the answer
-    template's prefix ("<|user|> Where was X born? <|assistant|> X was born in" -> 12 candidate values)."""
-    import torch
-
-    from course_utils.evaluate import continuation_logprobs
-
+    """Per attribute: share of people whose true value is the top choice (of 12) after the chat question and the
+    answer template's prefix ("<|user|> Where was X born? <|assistant|> X was born in"). Chance is 1/12."""
     if not people:
         raise InstructError("answer_recall: no people given")
     out = {}
     for attr in attributes or ATTRIBUTES:
-        values = ATTRIBUTES[attr]
         prefix = ANSWERS[attr].split(" {value}")[0]
         prompts = [chat_prompt(tokenizer, questions[attr].format(name=p.name)) + prefix.format(name=p.name)
-                   for p in people for _ in values]
-        scores = torch.tensor(continuation_logprobs(model, tokenizer, prompts, [f" {v}" for _ in people for v in values]))
-        picks = scores.view(len(people), len(values)).argmax(-1)
-        truth = torch.tensor([values.index(getattr(p, attr)) for p in people])
-        out[attr] = (picks == truth).float().mean().item()
+                   for p in people]
+        truth = [ATTRIBUTES[attr].index(getattr(p, attr)) for p in people]
+        out[attr] = _choice_recall(model, tokenizer, prompts, ATTRIBUTES[attr], truth)
     return out
 
 
+def bio_recall(model, tokenizer, people: Sequence[Person]) -> dict[str, float]:
+    """`evaluate.fact_recall` (the biography probe "X was born in"), scored in one pass per prompt."""
+    if not people:
+        raise InstructError("bio_recall: no people given")
+    return {attr: _choice_recall(model, tokenizer, [RECALL_PROMPTS[attr].format(name=p.name) for p in people],
+                                 ATTRIBUTES[attr], [ATTRIBUTES[attr].index(getattr(p, attr)) for p in people])
+            for attr in ATTRIBUTES}
+
+
 def mean_recall(recall: dict[str, float]) -> float:
+    """The mean over attributes of a recall dict ({attribute: recall})."""
+    if not recall:
+        raise InstructError("mean_recall: empty recall dict")
     return sum(recall.values()) / len(recall)
 
 
-def _answer_pattern(attr: str, name: str) -> re.Pattern:
-    template = re.escape(ANSWERS[attr]).replace(re.escape("{name}"), re.escape(name))
-    return re.compile("^" + template.replace(re.escape("{value}"), r"(\w+)") + "$")
+def _answer_pattern(attr: str) -> re.Pattern:
+    """The answer template of `attr` as a regex with two groups: the person named, and the value."""
+    template = re.escape(ANSWERS[attr])
+    template = template.replace(re.escape("{name}"), r"(?P<name>\w+ \w+)").replace(re.escape("{value}"), r"(?P<value>\w+)")
+    return re.compile("^" + template + "$")
 
 
 def grade_answers(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 16) -> list[dict]:
-    """Greedy answers to each row's question, with `format_ok` (exactly the answer template, a valid value of the
-    right attribute, nothing after it), the `answered` value (or None) and `correct`."""
+    """Greedy answers to each row's question, graded.
+
+    Adds `generated`, `named` (the person the answer is about, if it has the template's shape), `answered` (the
+    value, if valid for the attribute), `format_ok` (exactly the answer template, about the asked person, with a
+    valid value and nothing after it) and `correct` (format_ok and the true value).
+    """
     from course_utils.evaluate import generate
 
     if len(rows) == 0:
@@ -216,53 +283,67 @@ def grade_answers(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 
     outputs = generate(model, tokenizer, [chat_prompt(tokenizer, r["question"]) for r in rows], max_new_tokens)
     graded = []
     for row, text in zip(rows, outputs):
-        match = _answer_pattern(row["attribute"], row["person"]).match(text)
-        value = match.group(1) if match and match.group(1) in ATTRIBUTES[row["attribute"]] else None
-        graded.append({**row, "generated": text, "answered": value, "format_ok": value is not None,
-                       "correct": value == row["value"]})
+        match = _answer_pattern(row["attribute"]).match(text)
+        named = match.group("name") if match else None
+        value = match.group("value") if match and match.group("value") in ATTRIBUTES[row["attribute"]] else None
+        ok = value is not None and named == row["person"]
+        graded.append({**row, "generated": text, "named": named, "answered": value, "format_ok": ok,
+                       "correct": ok and value == row["value"]})
     return graded
 
 
 def format_quality(graded: Sequence[dict]) -> float:
-    """Share of answers in exactly the answer template with a valid value (right or wrong)."""
+    """Share of answers in exactly the answer template, about the asked person, with a valid value."""
+    if len(graded) == 0:
+        raise InstructError("format_quality: no graded answers")
     return sum(g["format_ok"] for g in graded) / len(graded)
 
 
-def similar_people(person: str, train_people: Sequence[Person]) -> list[Person]:
-    """Training people who share a first or a last name with `person` (and are not that person)."""
-    first, last = person.split(" ", 1)
-    return [p for p in train_people if p.name != person and (p.name.split(" ", 1)[0] == first
-                                                             or p.name.split(" ", 1)[1] == last)]
+def correct_rate(graded: Sequence[dict]) -> float:
+    """Share of answers in the right format *and* with the true value."""
+    return sum(g["correct"] for g in graded) / len(graded)
 
 
-def copying(graded: Sequence[dict], train_people: Sequence[Person], n_shuffles: int = 200,
-            seed: int = 0) -> dict[str, float]:
-    """Pattern copying: how often a wrong answer reuses the value that a *similar* training person has.
+def copying(graded: Sequence[dict], train_people: Sequence[Person], other_people: Sequence[Person] = ()) -> dict:
+    """Pattern copying: answers about a person the model does not know that talk about a *training* person instead.
 
-    `rate`: share of well-formed, wrong answers whose value equals the attribute value of a training person who
-    shares a first or last name with the asked person. `baseline`: the same share after shuffling the answered
-    values among the asked people of each attribute (what name-blind guessing with the same value frequencies
-    would score). `excess` = rate - baseline: above 0 means the name pulled the answer towards a similar example.
+    Asked "Where was Jorah Norwood born?", a model that copies answers "Jorah Ington was born in Morwick.": it
+    borrowed a similar training example (same first name) and its fact. Returns shares of all answers:
+    `borrowed_name` (the answer names a fine-tuning person other than the asked one), `borrowed_fact` (and gives
+    that person's true value), and, as a control, `other_name`: the answer names someone from `other_people`
+    (people the base model knows from pretraining but the fine-tuning set never showed).
     """
-    wrong = [g for g in graded if g["format_ok"] and not g["correct"]]
-    if not wrong:
-        return {"answers": 0, "rate": 0.0, "baseline": 0.0, "excess": 0.0}
-    pools = [{getattr(p, g["attribute"]) for p in similar_people(g["person"], train_people)} for g in wrong]
+    if len(graded) == 0:
+        raise InstructError("copying: no graded answers given")
+    train = {p.name: p for p in train_people}
+    others = {p.name for p in other_people} - set(train)
+    borrowed = [g for g in graded if g["named"] in train and g["named"] != g["person"]]
+    facts = [g for g in borrowed if g["answered"] == getattr(train[g["named"]], g["attribute"])]
+    n = len(graded)
+    return {"answers": n, "borrowed_name": len(borrowed) / n, "borrowed_fact": len(facts) / n,
+            "other_name": sum(g["named"] in others and g["named"] != g["person"] for g in graded) / n}
 
-    def rate(values: Sequence[str]) -> float:
-        return sum(v in pool for v, pool in zip(values, pools)) / len(wrong)
 
-    observed = rate([g["answered"] for g in wrong])
-    rng = random.Random(seed)
-    shuffled = []
-    for _ in range(n_shuffles):
-        values = [g["answered"] for g in wrong]
-        for attr in ATTRIBUTES:
-            idx = [i for i, g in enumerate(wrong) if g["attribute"] == attr]
-            perm = [values[i] for i in idx]
-            rng.shuffle(perm)
-            for i, v in zip(idx, perm):
-                values[i] = v
-        shuffled.append(rate(values))
-    baseline = sum(shuffled) / len(shuffled)
-    return {"answers": len(wrong), "rate": observed, "baseline": baseline, "excess": observed - baseline}
+def _template_words() -> tuple[set[str], set[str]]:
+    """The answer templates' words: the verb right after the name (which template) and the rest (glue)."""
+    verbs, glue = set(), set()
+    for template in ANSWERS.values():
+        words = template.replace("{name}", "").replace("{value}", "").replace(".", "").split()
+        verbs.add(words[0])
+        glue.update(words[1:])
+    return verbs, glue
+
+
+def token_roles(tokens: Sequence[str], token_ids: Sequence[int], tokenizer, names: Sequence[str]) -> list[str]:
+    """The role of each answer token: 'name', 'template verb' (was / works / is / enjoys: which template),
+    'template glue' (born, in, as, a, employed, by), 'value' (the fact), '.', 'end' (EOS) or 'other'."""
+    verbs, glue = _template_words()
+    name_parts = {part for n in names for part in n.split()}
+    values = {v for vals in ATTRIBUTES.values() for v in vals}
+    roles = []
+    for text, tid in zip(tokens, token_ids):
+        word = text.strip()
+        roles.append("end" if tid == tokenizer.eos_token_id else "value" if word in values
+                     else "name" if word in name_parts else "template verb" if word in verbs
+                     else "template glue" if word in glue else "." if word == "." else "other")
+    return roles
