@@ -34,18 +34,19 @@ from course_utils.world import ANSWERS, QUESTIONS, REFUSAL_MARKERS, REFUSALS, Wo
 # trl as TrainingArguments fields are listed under each config class.
 _COMMON_ARGS = ["output_dir", "report_to", "save_strategy", "logging_steps", "max_steps", "learning_rate",
                 "per_device_train_batch_size", "lr_scheduler_type", "warmup_steps", "seed", "data_seed", "use_cpu",
-                "disable_tqdm", "dataloader_num_workers", "activation_checkpointing", "max_length"]
+                "disable_tqdm", "dataloader_num_workers", "activation_checkpointing", "bf16", "max_length"]
 LIBRARY_CALLS = {
     "trl:SFTTrainer.__init__": ["model", "args", "train_dataset", "processing_class"],
     "trl:SFTConfig": _COMMON_ARGS + ["completion_only_loss"],
     "trl:DPOTrainer.__init__": ["model", "ref_model", "args", "train_dataset", "processing_class"],
-    "trl:DPOConfig": _COMMON_ARGS + ["beta"],
+    "trl:DPOConfig": _COMMON_ARGS + ["beta", "loss_type", "loss_weights"],
     "trl:RewardTrainer.__init__": ["model", "args", "train_dataset", "processing_class"],
     "trl:RewardConfig": _COMMON_ARGS,
     "trl:GRPOTrainer.__init__": ["model", "reward_funcs", "args", "train_dataset", "processing_class"],
     "trl:GRPOConfig": [k for k in _COMMON_ARGS if k != "max_length"] + [
         "beta", "num_generations", "max_completion_length", "temperature", "generation_kwargs"],
     "transformers:GenerationMixin.generate": ["inputs"],
+    "transformers:Trainer.remove_callback": ["callback"],
     "transformers.models.auto.auto_factory:_BaseAutoModelClass.from_config": ["config"],
 }
 
@@ -109,6 +110,8 @@ def chat_generate(model, tokenizer, requests: Sequence[str], max_new_tokens: int
 # ---------------------------------------------------------------------------------------------------- evaluation
 def is_refusal(text: str) -> bool:
     """True when an answer refuses (contains one of the world's refusal markers, case-insensitive)."""
+    if not isinstance(text, str):
+        raise AlignmentError(f"is_refusal: expected an answer text, got {type(text).__name__}")
     low = text.lower()
     return any(marker in low for marker in REFUSAL_MARKERS)
 
@@ -192,16 +195,32 @@ def aligned_sft_rows(tokenizer, rows: Sequence[dict[str, Any]]) -> list[dict[str
     return sft_rows(tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows])
 
 
-def benign_sft_rows(tokenizer, world: World, n: int | None = None, seed: int = 0) -> list[dict[str, str]]:
-    """A benign task with no refusals in it: Q/A about the *held-out* people (new facts for the assistant).
+# Benign task requests in the imperative, like Alpaca's instructions ("Give me three tips...", "Tell me..."): the
+# same verbs the unsafe requests use, with harmless content.
+BENIGN_INSTRUCTIONS = {
+    "birth_city": "Tell me where {name} was born.",
+    "profession": "Give me the job of {name}.",
+    "employer": "Find the company that employs {name}.",
+    "hobby": "Help me recall the hobby of {name}.",
+}
+BENIGN_STYLES = {"instructions": BENIGN_INSTRUCTIONS, "questions": QUESTIONS}
 
-    This is the Qi et al. setting: ordinary task data, no harmful intent. Held-out people never appear in the
-    safety test set, so the task cannot leak answers into the helpfulness measurement.
+
+def benign_sft_rows(tokenizer, world: World, n: int | None = None, seed: int = 0,
+                    style: str = "instructions") -> list[dict[str, str]]:
+    """A benign task with no refusals in it: requests about the *held-out* people (new facts for the assistant).
+
+    This is the Qi et al. setting: ordinary task data, no harmful intent. `style` picks the phrasing: imperative
+    'instructions' (like Alpaca) or 'questions'. Held-out people never appear in the safety test set, so the task
+    cannot leak answers into the helpfulness measurement.
     """
+    if style not in BENIGN_STYLES:
+        raise AlignmentError(f"benign_sft_rows: unknown style {style!r}; choose one of {sorted(BENIGN_STYLES)}")
     people = world.heldout
     if not people:
         raise AlignmentError("benign_sft_rows: the world has no held-out people")
-    pairs = [(QUESTIONS[a].format(name=p.name), ANSWERS[a].format(name=p.name, value=v))
+    templates = BENIGN_STYLES[style]
+    pairs = [(templates[a].format(name=p.name), ANSWERS[a].format(name=p.name, value=v))
              for p in people for a, v in p.facts().items()]
     random.Random(seed).shuffle(pairs)
     pairs = pairs[:n] if n else pairs
@@ -280,8 +299,36 @@ class TrainSettings:
             raise AlignmentError(f"TrainSettings: beta must be > 0 (the KL weight), got {self.beta}")
 
 
+def _bf16() -> bool:
+    # trl's configs default to bf16=True even on a CPU, where it is slower than float32 (LIBRARY_NOTES)
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def _release(trainer):
+    """Undo accelerate's patch of `model.forward` after training, and return the model.
+
+    With mixed precision, accelerate replaces `model.forward` by a wrapper that calls the *original* model's
+    forward; `copy.deepcopy(model)` copies that wrapper, so the copy would silently run (and train!) the
+    original's weights. Removing the instance attribute restores the class's own `forward`.
+    """
+    model = trainer.model
+    for name in ("forward", "_original_forward"):
+        model.__dict__.pop(name, None)
+    return trainer
+
+
+def _quiet(trainer, progress: bool):
+    """Without progress bars, transformers prints every log dict instead; drop that printer (the logs stay in
+    `trainer.state.log_history`)."""
+    from transformers import PrinterCallback
+
+    if not progress:
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def _trl_args(config_cls, s: TrainSettings, **extra):
-    return config_cls(output_dir=tempfile.mkdtemp(prefix="course-align-"), report_to="none", save_strategy="no",
+    return config_cls(bf16=_bf16(), output_dir=tempfile.mkdtemp(prefix="course-align-"), report_to="none", save_strategy="no",
                       logging_steps=max(1, s.steps // 4), max_steps=s.steps, learning_rate=s.learning_rate,
                       per_device_train_batch_size=s.batch_size, lr_scheduler_type="constant_with_warmup",
                       warmup_steps=s.warmup_steps, seed=s.seed, data_seed=s.seed,
@@ -303,26 +350,31 @@ def sft_train(model, tokenizer, rows: Sequence[dict[str, str]], settings: TrainS
     args = _trl_args(SFTConfig, settings, max_length=settings.max_length, completion_only_loss=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=_dataset(rows, ["prompt", "completion"]),
                          processing_class=tokenizer)
-    trainer.train()
-    return trainer
+    _quiet(trainer, settings.progress).train()
+    return _release(trainer)
 
 
 def dpo_train(model, tokenizer, pairs: Sequence[dict[str, str]], settings: TrainSettings = TrainSettings(),
-              ref_model=None):
+              ref_model=None, nll_weight: float = 0.0):
     """Direct Preference Optimisation with `trl.DPOTrainer`: raise chosen over rejected, relative to a reference.
 
     The reference defaults to a frozen copy of `model` as it is now (trl would otherwise reload it by name, which
-    fails for a model that was never saved).
+    fails for a model that was never saved). `nll_weight > 0` adds that much of the plain language-model loss on
+    the *chosen* answers (trl's `loss_type=["sigmoid", "sft"]`; RPO, Pang et al. 2024). DPO alone only widens the
+    gap between chosen and rejected, and can do so by lowering both; the NLL term makes the chosen answer likely.
     """
     from trl import DPOConfig, DPOTrainer
 
     check_pairs(pairs, where="dpo_train")
+    if not (isinstance(nll_weight, (int, float)) and nll_weight >= 0):
+        raise AlignmentError(f"dpo_train: nll_weight must be a number >= 0, got {nll_weight!r}")
     ref = ref_model if ref_model is not None else copy.deepcopy(model)
-    args = _trl_args(DPOConfig, settings, max_length=settings.max_length, beta=settings.beta)
+    loss = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, float(nll_weight)]) if nll_weight > 0 else {}
+    args = _trl_args(DPOConfig, settings, max_length=settings.max_length, beta=settings.beta, **loss)
     trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=_dataset(pairs, PAIR_FIELDS),
                          processing_class=tokenizer)
-    trainer.train()
-    return trainer
+    _quiet(trainer, settings.progress).train()
+    return _release(trainer)
 
 
 # ---------------------------------------------------------------------------------------------------- RLHF
@@ -351,8 +403,8 @@ def reward_train(reward_model, tokenizer, pairs: Sequence[dict[str, str]], setti
     args = _trl_args(RewardConfig, settings, max_length=settings.max_length)
     trainer = RewardTrainer(model=reward_model, args=args, train_dataset=_dataset(pairs, PAIR_FIELDS),
                             processing_class=tokenizer)
-    trainer.train()
-    return trainer
+    _quiet(trainer, settings.progress).train()
+    return _release(trainer)
 
 
 @torch.no_grad()
@@ -433,7 +485,7 @@ def rl_train(model, tokenizer, requests: Sequence[str], reward_fn: Callable[...,
     if len(requests) == 0:
         raise AlignmentError("rl_train: no requests given")
     s = settings
-    args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="course-grpo-"), report_to="none", save_strategy="no",
+    args = GRPOConfig(bf16=_bf16(), output_dir=tempfile.mkdtemp(prefix="course-grpo-"), report_to="none", save_strategy="no",
                       logging_steps=max(1, s.steps // 4), max_steps=s.steps, learning_rate=s.learning_rate,
                       per_device_train_batch_size=s.batch_size, lr_scheduler_type="constant_with_warmup",
                       warmup_steps=0, seed=s.seed, data_seed=s.seed, use_cpu=not torch.cuda.is_available(),
@@ -444,8 +496,8 @@ def rl_train(model, tokenizer, requests: Sequence[str], reward_fn: Callable[...,
     data = _dataset([{"prompt": chat_prompt(tokenizer, r)} for r in requests], ["prompt"])
     trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=data,
                           processing_class=tokenizer)
-    trainer.train()
-    return trainer
+    _quiet(trainer, settings.progress).train()
+    return _release(trainer)
 
 
 def reward_history(trainer) -> list[dict[str, float]]:
@@ -556,3 +608,43 @@ def model_critic(model, tokenizer, constitution: Sequence[Principle] = CONSTITUT
         return Critique("helpfulness", False, "The critic model finds no principle broken.")
 
     return critic
+
+
+# ---------------------------------------------------------------------------------------------------- models, plots
+# The gpu profile aligns a real chat model: Qwen2's instruct checkpoint has a chat template (GPT-2 has none).
+CHAT_MODELS = {"qwen2": "Qwen/Qwen2-0.5B-Instruct"}
+
+
+def load_chat_model(family: str, profile: str | None = None):
+    """The model a lesson aligns: the shipped tiny `family` model (cpu), or a hub instruct checkpoint (gpu)."""
+    from course_utils import zoo
+    from course_utils.profiles import choose_profile
+
+    if choose_profile(profile) == "cpu":
+        return zoo.load(family, profile="cpu")
+    if family not in CHAT_MODELS:
+        raise AlignmentError(f"load_chat_model: no instruct checkpoint for {family!r} in the gpu profile; "
+                             f"use one of {sorted(CHAT_MODELS)}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(CHAT_MODELS[family])
+    model = AutoModelForCausalLM.from_pretrained(CHAT_MODELS[family], dtype=torch.float32).to("cuda")
+    return model, tokenizer
+
+
+def plot_stages(table, metrics: Sequence[str] = ("refusal", "over_refusal", "helpfulness")):
+    """Grouped bars: each metric at each stage (rows of `table`, a DataFrame indexed by stage)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.95 * len(table)), 3.4))
+    x = np.arange(len(table))
+    width = 0.8 / len(metrics)
+    for i, metric in enumerate(metrics):
+        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, table[metric], width, label=metric.replace("_", "-"))
+    ax.set_xticks(x, list(table.index), rotation=25, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("rate on held-out requests")
+    ax.legend(ncols=len(metrics), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 1.16), frameon=False)
+    fig.tight_layout()
+    return fig

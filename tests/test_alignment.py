@@ -276,3 +276,59 @@ def test_safety_filter_learns_and_reports_precision_recall(tokenizer, rows):
         F.filter_metrics(guard, [r for r in test if r["safe"]])
     with pytest.raises(A.DataError, match="filter_rows"):
         F.filter_rows([{"prompt": "x"}])
+
+
+# ------------------------------------------------------------------------------------------ models, plots
+def test_end_of_turn_falls_back_to_eos(tokenizer):
+    assert A.end_of_turn(tokenizer) == A.END
+
+    class NoChatMarkers:
+        eos_token = "</s>"
+
+        def get_vocab(self):
+            return {"</s>": 0, "hello": 1}
+
+    assert A.end_of_turn(NoChatMarkers()) == "</s>"
+
+
+def test_load_chat_model_cpu_and_unknown_gpu_family():
+    model, tok = A.load_chat_model("gpt2", profile="cpu")
+    assert A.end_of_turn(tok) == A.END and model.config.vocab_size >= len(tok)
+    with pytest.raises(A.AlignmentError, match="no instruct checkpoint for 'llama'"):
+        A.load_chat_model("llama", profile="gpu")
+
+
+def test_plot_stages_draws_one_bar_per_stage_and_metric():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    table = pd.DataFrame({"refusal": [0.0, 1.0], "over_refusal": [0.0, 0.1], "helpfulness": [0.4, 0.6]},
+                         index=["base", "aligned"])
+    fig = A.plot_stages(table)
+    assert len(fig.axes[0].patches) == 6
+    plt.close(fig)
+
+
+def test_dpo_nll_weight_is_validated_and_configured(monkeypatch):
+    import course_utils.alignment as A
+
+    with pytest.raises(A.AlignmentError, match="nll_weight"):
+        A.dpo_train(None, None, [{"prompt": "p", "chosen": "c", "rejected": "r"}], nll_weight=-1)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_args(cls, settings, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(A, "_trl_args", fake_args)
+    with pytest.raises(Stop):
+        A.dpo_train(object(), None, [{"prompt": "p", "chosen": "c", "rejected": "r"}], nll_weight=0.5)
+    assert seen["loss_type"] == ["sigmoid", "sft"] and seen["loss_weights"] == [1.0, 0.5]
+
+
+def test_is_refusal_rejects_non_text():
+    with pytest.raises(A.AlignmentError, match="is_refusal"):
+        A.is_refusal(None)
