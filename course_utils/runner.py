@@ -119,6 +119,26 @@ def run_notebook(path: Path, timeout: int = 1200) -> tuple[LessonResult, object]
     return result, nb
 
 
+def outputs_for_readers(nb):
+    """The executed notebook as it is stored for readers (`course run --write`): tables, plots and printed results
+    are kept; stderr streams (library warnings, which name files on the machine that ran them) are dropped, and the
+    repository's absolute path in any output becomes relative (`/home/me/course/runs/x` -> `runs/x`)."""
+    import copy
+
+    import nbformat
+
+    from course_utils.paths import REPO_DIR
+
+    nb = copy.deepcopy(nb)
+    prefix = json.dumps(str(REPO_DIR) + "/")[1:-1]  # as it appears inside JSON strings
+    for cell in nb.cells:
+        if cell.get("cell_type") == "code":
+            kept = [o for o in cell.get("outputs", [])
+                    if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+            cell.outputs = [nbformat.from_dict(json.loads(json.dumps(o).replace(prefix, ""))) for o in kept]
+    return nb
+
+
 def format_table(results: Sequence[LessonResult]) -> str:
     """A Markdown table of runtime, peak memory and pass/fail per lesson."""
     lines = ["| lesson | runtime (s) | CPU time (s) | peak memory (MB) | result |", "|---|---:|---:|---:|---|"]
@@ -151,7 +171,7 @@ def run_lessons(selected: Sequence[str] = (), write: bool = False, runs_dir: Pat
         results.append(result)
         nbformat.write(nb, out_dir / "executed" / path.name)
         if write and result.passed:
-            nbformat.write(nb, path)
+            nbformat.write(outputs_for_readers(nb), path)
         if not result.passed and not keep_going:
             break
     (out_dir / "benchmark.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")

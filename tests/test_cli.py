@@ -87,3 +87,29 @@ def test_smoke_build_keeps_the_builder_working(tmp_path):
 def test_smoke_build_refuses_to_overwrite_shipped_models(capsys):
     assert cli.main(["build", "--smoke"]) == 2
     assert "would overwrite the shipped models" in capsys.readouterr().err
+
+
+def test_outputs_for_readers_drop_stderr_and_keep_results():
+    import nbformat
+
+    from course_utils.runner import outputs_for_readers
+
+    cell = nbformat.v4.new_code_cell("print(1)")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="/root/x.py:1: Warning"),
+                    nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    kept = outputs_for_readers(nb).cells[0].outputs
+    assert [o["name"] for o in kept] == ["stdout"] and len(nb.cells[0].outputs) == 2
+
+
+def test_outputs_for_readers_make_repo_paths_relative():
+    import nbformat
+
+    from course_utils.paths import REPO_DIR
+    from course_utils.runner import outputs_for_readers
+
+    cell = nbformat.v4.new_code_cell("save_results()")
+    cell.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": f"PosixPath('{REPO_DIR}/runs/r.json')"},
+                                           execution_count=1)]
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    assert outputs_for_readers(nb).cells[0].outputs[0]["data"]["text/plain"] == "PosixPath('runs/r.json')"
