@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from course_utils.errors import CourseError
+from course_utils.gpu import BYTES_PER_PARAM  # bytes per parameter: full FT with AdamW 16, a frozen bf16 base 2
 from course_utils.results import load_results
 
 LIBRARY_CALLS = {
@@ -194,8 +195,6 @@ class Recipe:
     reasons: list[str] = field(default_factory=list)
 
 
-BYTES_FULL_ADAMW = 16  # fp32 weights + gradients + two Adam moments, per parameter
-BYTES_FROZEN_BF16 = 2  # a frozen bf16 weight (LoRA's base model), per parameter
 
 
 def training_memory_gb(params: float, method: str, lora_state_ratio: float = 0.05) -> float:
@@ -205,9 +204,9 @@ def training_memory_gb(params: float, method: str, lora_state_ratio: float = 0.0
     needs state only for its adapter: `lora_state_ratio` of full FT's, as measured in lesson 01.
     """
     if method == "full":
-        return params * BYTES_FULL_ADAMW / 1e9
+        return params * BYTES_PER_PARAM["full"] / 1e9
     if method == "lora":
-        return params * (BYTES_FROZEN_BF16 + BYTES_FULL_ADAMW * lora_state_ratio) / 1e9
+        return params * (BYTES_PER_PARAM["lora"] + BYTES_PER_PARAM["full"] * lora_state_ratio) / 1e9
     raise CapstoneError(f"training_memory_gb: method must be 'full' or 'lora', got {method!r}")
 
 

@@ -11,7 +11,8 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from course_utils.paths import NOTEBOOKS_DIR, REPO_DIR
+from course_utils.paths import REPO_DIR
+from course_utils.runner import lesson_notebooks
 
 GLOSSARY = REPO_DIR / "docs" / "GLOSSARY.md"
 LINK_PREFIX = "../docs/GLOSSARY.md#"
@@ -50,7 +51,7 @@ def link_first_uses(notebooks: Sequence[Path] | None = None, glossary: Path = GL
     """
     import nbformat
 
-    paths = list(notebooks) if notebooks is not None else sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    paths = list(notebooks) if notebooks is not None else lesson_notebooks()
     books = [(p, nbformat.read(p, as_version=4)) for p in paths]
     done: dict[str, str] = {}
     for term in terms(glossary):
@@ -84,6 +85,6 @@ def linked_terms(notebooks: Sequence[Path] | None = None, glossary: Path = GLOSS
     """For each glossary term: is it linked from at least one lesson?"""
     import nbformat
 
-    paths = list(notebooks) if notebooks is not None else sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    paths = list(notebooks) if notebooks is not None else lesson_notebooks()
     text = "\n".join(c.source for p in paths for c in nbformat.read(p, as_version=4).cells if c.cell_type == "markdown")
     return {t: (LINK_PREFIX + anchor(t)) in text for t in terms(glossary)}

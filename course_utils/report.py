@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from course_utils.errors import CourseError
 from course_utils.paths import NOTEBOOKS_DIR, RUNS_DIR
 from course_utils.results import load_results, results_dir, saved_lessons
+from course_utils.runner import lesson_notebooks
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
@@ -81,7 +82,7 @@ def build_report(results: Path | None = None, runs_dir: Path = RUNS_DIR,
                  notebooks_dir: Path = NOTEBOOKS_DIR) -> str:
     """The whole page as a string: a summary table of all lessons, then one section per lesson."""
     directory = Path(results or results_dir())
-    lessons = [p.stem for p in sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))]
+    lessons = [p.stem for p in lesson_notebooks(notebooks_dir=Path(notebooks_dir))]
     saved = set(saved_lessons(directory))
     if not saved:
         raise CourseError(f"no saved lesson results in {directory.name}/; run the lessons first (`course run`)")
