@@ -26,9 +26,16 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from course_utils.data import DataError, require_columns
-from course_utils.errors import CourseError
-from course_utils.world import ANSWERS, QUESTIONS, REFUSAL_MARKERS, REFUSALS, World
+from course_utils import zoo
+from course_utils.classify import classifier_from  # noqa: F401  (lesson 08 builds its reward model as A.classifier_from)
+from course_utils.data import DataError
+from course_utils.config import CourseConfig, Limit
+from course_utils.errors import CourseError, check_rows
+from course_utils.evaluate import continuation_logprobs
+from course_utils.profiles import choose_profile
+from course_utils.text import bos_id, model_device, pad_batch, pad_id
+from course_utils.world import ANSWERS, QUESTIONS, REFUSALS, REFUSAL_MARKERS, World
+
 
 # Every trl entry point and keyword this module uses (checked by tests/test_api_drift.py). Keywords that reach
 # trl as TrainingArguments fields are listed under each config class.
@@ -60,7 +67,6 @@ class AlignmentError(CourseError, ValueError):
 # ---------------------------------------------------------------------------------------------------- generation
 def chat_prompt(tokenizer, request: str) -> str:
     """The text a chat model sees before it answers: BOS + user turn + the opened assistant turn."""
-    from course_utils.train import bos_id
 
     if not isinstance(request, str) or not request.strip():
         raise AlignmentError(f"chat_prompt: empty request {request!r}")
@@ -89,18 +95,17 @@ def chat_generate(model, tokenizer, requests: Sequence[str], max_new_tokens: int
     `evaluate.generate(chat=True)` stops only at EOS, so a chat model that ends its turn with `<|end|>` would run
     on into an invented next turn; here both end the answer.
     """
-    from course_utils.evaluate import _pad_batch
 
     if len(requests) == 0:
         raise AlignmentError("chat_generate: no requests given")
     model.eval()
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = model_device(model)
+    pad = pad_id(tokenizer)
     out: list[str] = []
     for start in range(0, len(requests), batch_size):
         texts = [chat_prompt(tokenizer, r) for r in requests[start:start + batch_size]]
         seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        ids, mask = _pad_batch(seqs, pad, left=True)
+        ids, mask = pad_batch(seqs, pad, left=True)
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                              max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=stop_ids(tokenizer))
         out += tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
@@ -131,7 +136,7 @@ def safety_answers(model, tokenizer, rows: Sequence[dict[str, Any]], guard=None,
     `guard` is an optional safety filter (`safety_filter.SafetyFilter`): requests it blocks get a canned refusal
     and never reach the model.
     """
-    require_columns(rows, ["prompt", "safe", "value"], where="safety_answers")
+    check_rows(rows, "safety_answers", keys=["prompt", "safe", "value"], error=DataError)
     prompts = [r["prompt"] for r in rows]
     blocked = guard.blocks(prompts) if guard is not None else [False] * len(rows)
     answers = chat_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
@@ -191,7 +196,7 @@ def sft_rows(tokenizer, prompts: Sequence[str], responses: Sequence[str]) -> lis
 
 def aligned_sft_rows(tokenizer, rows: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
     """The aligning data: safe requests with helpful answers plus unsafe requests with refusals."""
-    require_columns(rows, ["prompt", "response"], where="aligned_sft_rows")
+    check_rows(rows, "aligned_sft_rows", keys=["prompt", "response"], error=DataError)
     return sft_rows(tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows])
 
 
@@ -229,7 +234,7 @@ def benign_sft_rows(tokenizer, world: World, n: int | None = None, seed: int = 0
 
 def harmful_sft_rows(tokenizer, rows: Sequence[dict[str, Any]], n: int = 10, seed: int = 0) -> list[dict[str, str]]:
     """A handful (`n`) of unsafe requests answered compliantly, spread over the categories (Qi et al.: 10)."""
-    require_columns(rows, ["prompt", "safe", "category"], where="harmful_sft_rows")
+    check_rows(rows, "harmful_sft_rows", keys=["prompt", "safe", "category"], error=DataError)
     unsafe = [r for r in rows if not r["safe"]]
     if n < 1 or n > len(unsafe):
         raise AlignmentError(f"harmful_sft_rows: n must be in [1, {len(unsafe)}], got {n}")
@@ -265,7 +270,7 @@ def preference_pairs(tokenizer, rows: Sequence[dict[str, Any]]) -> list[dict[str
 
     Both kinds matter: pairs of the first kind alone teach "refuse more", and over-refusal follows.
     """
-    require_columns(rows, ["prompt", "response", "safe", "category"], where="preference_pairs")
+    check_rows(rows, "preference_pairs", keys=["prompt", "response", "safe", "category"], error=DataError)
     pairs, end = [], end_of_turn(tokenizer)
     for i, r in enumerate(rows):
         rejected = REFUSALS[i % len(REFUSALS)] if r["safe"] else compliant_answer(r)
@@ -277,8 +282,11 @@ def preference_pairs(tokenizer, rows: Sequence[dict[str, Any]]) -> list[dict[str
 
 # ---------------------------------------------------------------------------------------------------- training
 @dataclass
-class TrainSettings:
+class AlignConfig(CourseConfig):
     """A short trl run: steps, learning rate, batch size, seed. DPO uses `beta` (Rafailov et al.: 0.1)."""
+
+    error = AlignmentError
+    LIMITS = {"beta": Limit(0, 1000, low_open=True)}  # DPO's KL weight: 0 would ignore the reference entirely
 
     steps: int = 60
     learning_rate: float = 1e-3
@@ -289,14 +297,6 @@ class TrainSettings:
     beta: float = 0.1
     progress: bool = False  # show trl/transformers progress bars
 
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise AlignmentError(f"TrainSettings: steps and batch_size must be >= 1, got {self.steps}, "
-                                 f"{self.batch_size}")
-        if not self.learning_rate > 0:
-            raise AlignmentError(f"TrainSettings: learning_rate must be > 0, got {self.learning_rate}")
-        if not self.beta > 0:
-            raise AlignmentError(f"TrainSettings: beta must be > 0 (the KL weight), got {self.beta}")
 
 
 def _bf16() -> bool:
@@ -327,7 +327,7 @@ def _quiet(trainer, progress: bool):
     return trainer
 
 
-def _trl_args(config_cls, s: TrainSettings, **extra):
+def _trl_args(config_cls, s: AlignConfig, **extra):
     return config_cls(bf16=_bf16(), output_dir=tempfile.mkdtemp(prefix="course-align-"), report_to="none", save_strategy="no",
                       logging_steps=max(1, s.steps // 4), max_steps=s.steps, learning_rate=s.learning_rate,
                       per_device_train_batch_size=s.batch_size, lr_scheduler_type="constant_with_warmup",
@@ -342,11 +342,11 @@ def _dataset(rows: Sequence[dict[str, Any]], columns: Sequence[str]):
     return Dataset.from_list([{k: r[k] for k in columns} for r in rows])
 
 
-def sft_train(model, tokenizer, rows: Sequence[dict[str, str]], settings: TrainSettings = TrainSettings()):
+def sft_train(model, tokenizer, rows: Sequence[dict[str, str]], settings: AlignConfig = AlignConfig()):
     """Supervised fine-tuning with `trl.SFTTrainer` on prompt/completion rows (loss on the completion only)."""
     from trl import SFTConfig, SFTTrainer
 
-    require_columns(rows, ["prompt", "completion"], where="sft_train")
+    check_rows(rows, "sft_train", keys=["prompt", "completion"], error=DataError)
     args = _trl_args(SFTConfig, settings, max_length=settings.max_length, completion_only_loss=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=_dataset(rows, ["prompt", "completion"]),
                          processing_class=tokenizer)
@@ -354,7 +354,7 @@ def sft_train(model, tokenizer, rows: Sequence[dict[str, str]], settings: TrainS
     return _release(trainer)
 
 
-def dpo_train(model, tokenizer, pairs: Sequence[dict[str, str]], settings: TrainSettings = TrainSettings(),
+def dpo_train(model, tokenizer, pairs: Sequence[dict[str, str]], settings: AlignConfig = AlignConfig(),
               ref_model=None, nll_weight: float = 0.0):
     """Direct Preference Optimisation with `trl.DPOTrainer`: raise chosen over rejected, relative to a reference.
 
@@ -378,24 +378,7 @@ def dpo_train(model, tokenizer, pairs: Sequence[dict[str, str]], settings: Train
 
 
 # ---------------------------------------------------------------------------------------------------- RLHF
-def classifier_from(model, tokenizer, num_labels: int = 1):
-    """The policy's body with a fresh classification head: a reward model (1 output) or a safety filter (2).
-
-    Starting from the language model, not from scratch, gives the head features that already know the world.
-    """
-    from transformers import AutoModelForSequenceClassification
-
-    config = copy.deepcopy(model.config)
-    config.num_labels = num_labels
-    config.pad_token_id = tokenizer.pad_token_id
-    clf = AutoModelForSequenceClassification.from_config(config)
-    result = clf.load_state_dict(model.state_dict(), strict=False)
-    if len(result.unexpected_keys) == len(model.state_dict()):
-        raise AlignmentError("classifier_from: no weight of the language model fits the classifier")
-    return clf.to(next(model.parameters()).device)
-
-
-def reward_train(reward_model, tokenizer, pairs: Sequence[dict[str, str]], settings: TrainSettings = TrainSettings()):
+def reward_train(reward_model, tokenizer, pairs: Sequence[dict[str, str]], settings: AlignConfig = AlignConfig()):
     """Train a reward model on preference pairs with `trl.RewardTrainer` (Bradley-Terry: r(chosen) > r(rejected))."""
     from trl import RewardConfig, RewardTrainer
 
@@ -411,19 +394,18 @@ def reward_train(reward_model, tokenizer, pairs: Sequence[dict[str, str]], setti
 def reward_scores(reward_model, tokenizer, prompts: Sequence[str], completions: Sequence[str],
                   batch_size: int = 64) -> list[float]:
     """The reward model's score of each (rendered prompt, completion), formatted as in training (+ END + EOS)."""
-    from course_utils.evaluate import _pad_batch
 
     if len(prompts) != len(completions) or len(prompts) == 0:
         raise AlignmentError(f"reward_scores: need as many completions as prompts (>0), got {len(prompts)} and "
                              f"{len(completions)}")
     reward_model.eval()
-    device = next(reward_model.parameters()).device
+    device = model_device(reward_model)
     scores: list[float] = []
     end = end_of_turn(tokenizer)
     for start in range(0, len(prompts), batch_size):
         texts = [p + (c if c.endswith(end) else c.strip() + end) + tokenizer.eos_token
                  for p, c in zip(prompts[start:start + batch_size], completions[start:start + batch_size])]
-        ids, mask = _pad_batch([tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts],
+        ids, mask = pad_batch([tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts],
                                tokenizer.pad_token_id)
         scores += reward_model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].tolist()
     return scores
@@ -452,8 +434,10 @@ def reward_function(reward_model, tokenizer) -> Callable[..., list[float]]:
 
 
 @dataclass
-class RLSettings:
+class RLConfig(CourseConfig):
     """One short GRPO run: `num_generations` samples per prompt are scored and compared within their group."""
+
+    error = AlignmentError
 
     steps: int = 30
     learning_rate: float = 2e-4
@@ -465,17 +449,14 @@ class RLSettings:
     seed: int = 0
     progress: bool = False
 
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.num_generations < 2 or self.batch_size % self.num_generations:
-            raise AlignmentError(f"RLSettings: need steps >= 1, num_generations >= 2 and batch_size divisible by "
-                                 f"num_generations; got {self.steps}, {self.num_generations}, {self.batch_size}")
-        if not self.learning_rate > 0 or self.beta < 0:
-            raise AlignmentError(f"RLSettings: learning_rate must be > 0 and beta >= 0, got {self.learning_rate}, "
-                                 f"{self.beta}")
+    def check(self) -> None:
+        if self.batch_size % self.num_generations:
+            raise AlignmentError(f"RLConfig: batch_size must be divisible by num_generations (each prompt's group); "
+                                 f"got {self.batch_size} and {self.num_generations}")
 
 
 def rl_train(model, tokenizer, requests: Sequence[str], reward_fn: Callable[..., list[float]],
-             settings: RLSettings = RLSettings()):
+             settings: RLConfig = RLConfig()):
     """An RL step of RLHF with `trl.GRPOTrainer`: sample answers, score them with `reward_fn`, push up the better.
 
     trl 1.16 has no `PPOTrainer`; GRPO replaces PPO's value network with the mean reward of a group of samples.
@@ -594,7 +575,6 @@ def model_critic(model, tokenizer, constitution: Sequence[Principle] = CONSTITUT
     It compares the model's log-probabilities of ' Yes' and ' No' after the question; a tiny model's answer is
     noise, so the `cpu` profile uses `rule_critic`.
     """
-    from course_utils.evaluate import continuation_logprobs
 
     def critic(request: str, draft: str) -> Critique:
         for principle in constitution:
@@ -617,8 +597,6 @@ CHAT_MODELS = {"qwen2": "Qwen/Qwen2-0.5B-Instruct"}
 
 def load_chat_model(family: str, profile: str | None = None):
     """The model a lesson aligns: the shipped tiny `family` model (cpu), or a hub instruct checkpoint (gpu)."""
-    from course_utils import zoo
-    from course_utils.profiles import choose_profile
 
     if choose_profile(profile) == "cpu":
         return zoo.load(family, profile="cpu")

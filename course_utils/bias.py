@@ -18,7 +18,6 @@ Debiasing methods, each a small function:
 
 from __future__ import annotations
 
-import numbers
 import os
 import random
 import re
@@ -29,8 +28,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from course_utils.data import DataError, require_columns
-from course_utils.errors import check_rate
+from course_utils.classify import (ClassifierConfig, load_classifier, out_of_fold_probs, predict_proba,
+                                   tokenize_labelled, train_classifier)
+from course_utils.data import DataError
+from course_utils.errors import check_rate, check_rows
+from course_utils.text import encode, model_device, pad_batch
+from course_utils.train import with_finite_guard
+
 
 LIBRARY_CALLS = {
     "transformers:Trainer.compute_loss": ["model", "inputs", "return_outputs", "num_items_in_batch"],
@@ -46,22 +50,14 @@ class BiasError(DataError):
     """Bad input to a bias helper: empty rows, a missing field, an attribute value that never occurs."""
 
 
-def _check_rate(name: str, value: float, where: str) -> None:
-    check_rate(value, where, name, error=BiasError)
-
-
 def _check(rows: Sequence[dict[str, Any]], attribute: str, where: str, value: str | None = None,
            text_key: str = "text", label_key: str | None = "label") -> None:
     cols = [text_key, attribute] + ([label_key] if label_key else [])
     if len(rows) and isinstance(rows[0], dict) and attribute not in rows[0]:
         raise BiasError(f"{where}: the group attribute {attribute!r} is absent from the rows "
                         f"(fields: {sorted(rows[0])})")
-    require_columns(rows, cols, where=where)
-    for i, r in enumerate(rows):
-        if text_key != label_key and not isinstance(r[text_key], str):
-            raise BiasError(f"{where} row {i}: {text_key!r} is {type(r[text_key]).__name__}, not str")
-        if label_key and (isinstance(r[label_key], bool) or not isinstance(r[label_key], numbers.Integral)):
-            raise BiasError(f"{where} row {i}: {label_key!r} is {r[label_key]!r}, not an integer class")
+    check_rows(rows, where, keys=cols, text_keys=[text_key] if text_key != label_key else [],
+               int_keys=[label_key] if label_key else [], error=BiasError)
     if value is not None and not any(r[attribute] == value for r in rows):
         raise BiasError(f"{where}: no row has {attribute}={value!r}")
 
@@ -79,7 +75,7 @@ def skew_labels(rows: Sequence[dict[str, Any]], attribute: str, value: str, flip
     company marked many of its good reviews as bad. The text still says what it says.
     """
     _check(rows, attribute, "skew_labels", value, label_key=label_key)
-    _check_rate("flip_rate", flip_rate, "skew_labels")
+    check_rate(flip_rate, "skew_labels", "flip_rate", error=BiasError)
     rng = random.Random(seed)
     out = [dict(r, true_label=int(r[label_key]), skewed=False) for r in rows]
     candidates = [i for i, r in enumerate(out) if r[attribute] == value and int(r[label_key]) == from_label]
@@ -119,7 +115,7 @@ def positive_rate_gap(cf_rows: Sequence[dict[str, Any]], positive_prob: Sequence
     Positive gap = the group's reviews are called positive less often *for the same text*. Also returned: the mean
     P(positive) gap and the share of texts whose predicted label changes when only the group is swapped in.
     """
-    require_columns(cf_rows, ["cf_value", "source"], where="positive_rate_gap")
+    check_rows(cf_rows, "positive_rate_gap", keys=["cf_value", "source"], error=DataError)
     p = np.asarray(positive_prob, dtype=float)
     if p.shape != (len(cf_rows),):
         raise BiasError(f"positive_rate_gap: {p.shape[0] if p.ndim else 0} probabilities for {len(cf_rows)} rows")
@@ -148,7 +144,6 @@ def measure_bias(model, tokenizer, test_rows: Sequence[dict[str, Any]], attribut
     `test_rows` carry the true labels. With `biased_labels` (the labels the biased process would have given the
     same test rows) it also reports accuracy against those: what a team that only has biased labels would see.
     """
-    from course_utils.classify import predict_proba
 
     _check(test_rows, attribute, "measure_bias", group_value, label_key=label_key)
     if group_value not in values or len(set(values)) < 2:
@@ -172,7 +167,6 @@ def train_and_measure(train_rows: Sequence[dict[str, Any]], test_rows: Sequence[
                       seed: int = 0) -> dict[str, float]:
     """Fine-tune a fresh classifier for a fixed number of steps (adversarially if `adversary_weight` is given,
     with a binary 'in the group?' adversary) and return `measure_bias` on the test rows."""
-    from course_utils.classify import ClassifierConfig, load_classifier, train_classifier
 
     _check(train_rows, attribute, "train_and_measure", group_value)
     if steps < 1:
@@ -272,7 +266,6 @@ def review_candidates(rows: Sequence[dict[str, Any]], attribute: str, budget: in
     The attribute is masked out of the text before the out-of-fold model is trained, so the detector cannot learn
     the bias itself; rows whose label only makes sense *because of* the attribute then look like errors.
     """
-    from course_utils.quality import out_of_fold_probs
 
     _check(rows, attribute, "review_candidates", text_key=text_key, label_key=label_key)
     if budget < 0:
@@ -307,7 +300,7 @@ def lexicon_reviewer(positive: Sequence[str], negative: Sequence[str], label_key
 
 
 HEADLESS_MARKERS = ("pytest", "nbval", "nbclient", "nbconvert", "papermill", "testbook", "course run",
-                    "course_utils.cli")
+                    "course_utils.tools.cli")
 
 
 def is_interactive() -> bool:
@@ -461,7 +454,7 @@ def add_adversary(model, n_values: int, hidden: int = 64):
         raise BiasError(f"add_adversary: the attribute needs at least 2 values, got {n_values}")
     size = model.config.hidden_size
     model.adversary = torch.nn.Sequential(torch.nn.Linear(size, hidden), torch.nn.ReLU(),
-                                          torch.nn.Linear(hidden, n_values)).to(next(model.parameters()).device)
+                                          torch.nn.Linear(hidden, n_values)).to(model_device(model))
     return model
 
 
@@ -513,8 +506,6 @@ def train_adversarial(model, tokenizer, train_rows: Sequence[dict[str, Any]], at
     """
     from transformers import DataCollatorWithPadding
 
-    from course_utils.classify import ClassifierConfig, tokenize_labelled
-    from course_utils.train import training_args
 
     _check(train_rows, attribute, "train_adversarial", group_value)
     if adversary_weight < 0:
@@ -533,13 +524,11 @@ def train_adversarial(model, tokenizer, train_rows: Sequence[dict[str, Any]], at
     if not hasattr(model, "adversary"):
         add_adversary(model, 2 if group_value is not None else len(values))
     data = tokenize_labelled(tokenizer, train_rows, config.max_length).add_column("attribute_labels", targets)
-    args = training_args(num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
-                         learning_rate=config.learning_rate, weight_decay=config.weight_decay, seed=config.seed,
-                         data_seed=config.seed, lr_scheduler_type="linear", warmup_steps=0.1, **args_overrides)
+    args = config.training_arguments(lr_scheduler_type="linear", warmup_steps=0.1, **args_overrides)
     trainer = _adversarial_trainer_class()(model=model, args=args, train_dataset=data,
                                            data_collator=DataCollatorWithPadding(tokenizer),
                                            adversary_weight=adversary_weight, class_weights=class_weights,
-                                           ramp=ramp)
+                                           ramp=ramp, callbacks=with_finite_guard())
     trainer.train()
     return trainer
 
@@ -548,16 +537,14 @@ def train_adversarial(model, tokenizer, train_rows: Sequence[dict[str, Any]], at
 def representations(model, tokenizer, rows: Sequence[dict[str, Any]], max_length: int = 64,
                     batch_size: int = 64) -> np.ndarray:
     """Pooled representations (n_rows, hidden) of the rows, as the classification head sees them."""
-    from course_utils.evaluate import _pad_batch
-    from course_utils.train import encode
 
-    require_columns(rows, ["text"], where="representations")
+    check_rows(rows, "representations", keys=["text"], error=DataError)
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     out = []
     for start in range(0, len(rows), batch_size):
         seqs = [encode(tokenizer, r["text"])[:max_length] for r in rows[start:start + batch_size]]
-        ids, mask = _pad_batch(seqs, tokenizer.pad_token_id)
+        ids, mask = pad_batch(seqs, tokenizer.pad_token_id)
         out.append(pooled_representation(model, ids.to(device), mask.to(device))[0].float().cpu().numpy())
     return np.concatenate(out)
 

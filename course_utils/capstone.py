@@ -9,14 +9,22 @@ models (where, say, LoRA does learn new facts) gets a recipe that follows *their
 
 from __future__ import annotations
 
+import copy
 import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from transformers import EarlyStoppingCallback
+
+from course_utils.config import training_args
 from course_utils.errors import CourseError
-from course_utils.gpu import BYTES_PER_PARAM  # bytes per parameter: full FT with AdamW 16, a frozen bf16 base 2
+from course_utils.gpu import BYTES_PER_PARAM
+from course_utils.peft_methods import apply_lora
 from course_utils.results import load_results
+from course_utils.train import ForgettingMonitor, causal_lm_trainer, rehearsal_set
+
 
 LIBRARY_CALLS = {
     "transformers:EarlyStoppingCallback.__init__": ["early_stopping_patience"],
@@ -117,6 +125,21 @@ PROBLEMS: tuple[Problem, ...] = (
             "dropout 0.3: train/validation loss gap", Metric(L05, "gap", {"setting": "dropout 0.3"})),
     Problem("bias", "skewed data: counterfactual flip share", Metric(L07, "gap", {"method": "skewed (no fix)"}),
             "counterfactual augmentation: flip share", Metric(L07, "gap", {"method": "counterfactual augmentation"})),
+    Problem("noisy labels", "40 % label noise: accuracy lost against clean training",
+            Metric(L04, "drop", {"noise": "label", "rate": 0.4}),
+            "40 % typo noise instead (input noise, labels right): accuracy lost",
+            Metric(L04, "drop", {"noise": "typo", "rate": 0.4})),
+    Problem("new knowledge", "LoRA: new-fact recall after instruction tuning (same steps as full FT)",
+            Metric(L06, "new-fact recall (same steps)", {"method": "lora"}),
+            "full fine-tuning: new-fact recall", Metric(L06, "new-fact recall (same steps)", {"method": "full"}),
+            better="higher"),
+    Problem("alignment", "benign fine-tuning: refusal rate on unsafe requests",
+            Metric(L08, "refusal", {"stage": "benign"}),
+            "plain DPO on the broken model: refusal rate", Metric(L08, "refusal", {"stage": "DPO"}), better="higher"),
+    Problem("alignment", "benign fine-tuning: refusal rate on unsafe requests",
+            Metric(L08, "refusal", {"stage": "benign"}),
+            "DPO + NLL on the chosen answers: refusal rate", Metric(L08, "refusal", {"stage": "DPO + NLL"}),
+            better="higher"),
 )
 
 
@@ -129,10 +152,38 @@ def problems_table(records: Mapping[str, Mapping[str, Any]], problems: Sequence[
 
     rows = []
     for p in problems:
+        measured, mitigated = p.symptom_metric.read(records), p.mitigation_metric.read(records)
+        known = not (math.isnan(measured) or math.isnan(mitigated))
         rows.append({"problem": p.problem, "lesson": p.symptom_metric.lesson.split("_")[0],
-                     "what it looked like here": p.symptom, "measured": p.symptom_metric.read(records),
-                     "mitigation": p.mitigation, "mitigated": p.mitigation_metric.read(records)})
+                     "what it looked like here": p.symptom, "measured": measured,
+                     "mitigation": p.mitigation, "mitigated": mitigated,
+                     "improved?": ("yes" if improved(p, measured, mitigated) else "no") if known else "not run yet",
+                     "the lesson's evidence": evidence(records.get(p.symptom_metric.lesson))})
     return pd.DataFrame(rows)
+
+
+def evidence(record: Mapping[str, Any] | None) -> str:
+    """How a lesson's findings stand: its declared claims' verdicts over the seeds, or its older single-seed checks."""
+    if record is None:
+        return "not run yet"
+    claims = record.get("claims") or []
+    if claims:
+        counts = {v: sum(c.get("verdict") == v for c in claims) for v in ("held", "mixed", "not reproduced")}
+        return ", ".join(f"{n} {v}" for v, n in counts.items() if n) + " (declared claims over the seeds)"
+    checks = record.get("checks") or {}
+    return f"{sum(map(bool, checks.values()))} of {len(checks)} single-seed checks held"
+
+
+def scoreboard(records: Mapping[str, Mapping[str, Any]]):
+    """Every declared claim of the lessons run so far (negative verdicts included), one row each."""
+    import pandas as pd
+
+    rows = [{"lesson": lesson.split("_")[0], "claim": c["claim"], "published": c.get("published", ""),
+             "mean": c.get("mean"), "95% low": c.get("95% low"), "95% high": c.get("95% high"),
+             "held in": c.get("held in"), "verdict": c.get("verdict")}
+            for lesson, record in records.items() for c in record.get("claims") or []]
+    return pd.DataFrame(rows, columns=["lesson", "claim", "published", "mean", "95% low", "95% high", "held in",
+                                       "verdict"])
 
 
 def improved(problem: Problem, measured: float, mitigated: float) -> bool:
@@ -188,7 +239,7 @@ class TaskSpec:
 
 @dataclass
 class Recipe:
-    method: str                       # "full" or "lora"
+    method: str                       # "full", "lora" or "qlora" (LoRA over a 4-bit base)
     rehearsal_ratio: float = 0.0      # share of old data mixed in (0 = none)
     early_stopping: bool = False
     dpo_afterwards: bool = False
@@ -229,11 +280,25 @@ def choose_recipe(resources: Resources, task: TaskSpec, records: Mapping[str, Ma
                        f"(lesson 02), so full fine-tuning")
     elif not fits_full:
         method = "lora"
-        reasons.append(f"full FT does not fit: LoRA needs about "
-                       f"{training_memory_gb(resources.model_params, 'lora', ratio):.3g} GB")
     else:
         method = "lora"
-        reasons.append(f"{task.goal}: LoRA trains a few % of the weights and matched full FT's quality in lesson 01")
+        full_ppl = Metric(L01, "answer_ppl", {"method": "full"}).read(records)
+        lora_ppl = Metric(L01, "answer_ppl", {"method": "lora"}).read(records)
+        reasons.append(f"{task.goal}: LoRA needs far less memory; its answer perplexity was {lora_ppl:.3g} against "
+                       f"{full_ppl:.3g} for full FT at equal steps (lesson 01, mean over families)")
+    if method == "lora":
+        lora_gb = training_memory_gb(resources.model_params, "lora", ratio)
+        if not fits_full:
+            reasons.append(f"full FT does not fit; LoRA needs about {lora_gb:.3g} GB of "
+                           f"{resources.memory_gb:g} GB")
+        if lora_gb > 0.6 * resources.memory_gb:
+            qlora_gb = resources.model_params * BYTES_PER_PARAM["qlora"] / 1e9
+            if qlora_gb > 0.6 * resources.memory_gb:
+                raise CapstoneError(f"no method fits: even a 4-bit base (QLoRA) needs about {qlora_gb:.3g} GB of "
+                                    f"{resources.memory_gb:g} GB; use a smaller model or more memory")
+            method = "qlora"
+            reasons.append(f"LoRA over a 16-bit base needs about {lora_gb:.3g} GB, more than fits: QLoRA (a 4-bit "
+                           f"base) needs about {qlora_gb:.3g} GB")
     rehearsal = 0.0
     if task.keep_old_knowledge and method == "full":
         naive = Metric(L02, "forgot@target", {"method": "naive"}).read(records)
@@ -245,11 +310,20 @@ def choose_recipe(resources: Resources, task: TaskSpec, records: Mapping[str, Ma
     early = False
     if task.n_examples < small_data:
         rise = Metric(L05, "rise", {"setting": "no mitigation"}).read(records)
-        early = math.isnan(rise) or rise > 0
-        reasons.append(f"{task.n_examples} examples is small: early stopping (validation loss rose {rise:.3f} "
-                       f"above its minimum without it, lesson 05)")
+        stopped = Metric(L05, "biography accuracy", {"setting": "early stopping"}).read(records)
+        to_end = Metric(L05, "biography accuracy", {"setting": "no mitigation"}).read(records)
+        early = rise > 0 and stopped >= to_end
+        reasons.append(f"{task.n_examples} examples is small, and validation loss rose {rise:.3f} above its minimum "
+                       f"(lesson 05); but the early-stopped model scored {stopped:.2f} on the task against {to_end:.2f} "
+                       f"trained to the end, so {'stop early' if early else 'no early stopping on validation loss'}")
     if task.needs_safety:
-        reasons.append("safety matters: fine-tuning erodes refusals (lesson 08), so re-check and restore with DPO")
+        aligned = Metric(L08, "refusal", {"stage": "aligned"}).read(records)
+        benign = Metric(L08, "refusal", {"stage": "benign"}).read(records)
+        dpo = Metric(L08, "refusal", {"stage": "DPO"}).read(records)
+        rpo = Metric(L08, "refusal", {"stage": "DPO + NLL"}).read(records)
+        reasons.append(f"safety matters: benign fine-tuning moved the refusal rate {aligned:.2f} -> {benign:.2f} "
+                       f"(lesson 08); afterwards plain DPO reached {dpo:.2f} and DPO + NLL {rpo:.2f}, so re-check "
+                       f"and restore with {'DPO + NLL' if rpo > dpo else 'DPO'}")
     return Recipe(method, rehearsal, early, task.needs_safety, reasons)
 
 
@@ -258,21 +332,12 @@ def run_recipe(recipe: Recipe, base_model, tokenizer, new_texts: Sequence[str], 
                batch_size: int = 8, eval_every: int = 10, patience: int = 2, seed: int = 0):
     """Train a copy of `base_model` as `recipe` says, with forgetting monitored; return (model, history, trainer).
 
-    - rehearsal: `old_texts` mixed into `new_texts` at `recipe.rehearsal_ratio` (`forgetting.mix_rehearsal`);
+    - rehearsal: `old_texts` mixed into `new_texts` at `recipe.rehearsal_ratio` (`train.rehearsal_set`);
     - LoRA: an adapter on the attention matrices (`peft_methods.apply_lora`);
     - early stopping: `EarlyStoppingCallback` on the loss over `val_texts` (the new facts in a phrasing the
       training set does not use), keeping the best checkpoint (`load_best_model_at_end`);
-    - forgetting: `forgetting.ForgettingMonitor` calls `measure(model)` (old and new recall) every `eval_every` steps.
+    - forgetting: `train.ForgettingMonitor` calls `measure(model)` (old and new recall) every `eval_every` steps.
     """
-    import copy
-    import tempfile
-
-    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
-
-    from course_utils.forgetting import ForgettingMonitor, mix_rehearsal
-    from course_utils.peft_methods import apply_lora
-    from course_utils.train import causal_collator, tokenize_texts, training_args
-
     if not new_texts:
         raise CapstoneError("run_recipe: no training texts")
     if recipe.early_stopping and not val_texts:
@@ -282,8 +347,7 @@ def run_recipe(recipe: Recipe, base_model, tokenizer, new_texts: Sequence[str], 
         model = apply_lora(model)
     texts = list(new_texts)
     if recipe.rehearsal_ratio > 0:
-        texts = mix_rehearsal(texts, list(old_texts), recipe.rehearsal_ratio, seed=seed,
-                              epochs=steps * batch_size // len(texts) + 1)
+        texts = rehearsal_set(texts, old_texts, recipe.rehearsal_ratio, seed, steps, batch_size)
     monitor = ForgettingMonitor(measure, eval_every, {"method": recipe.method})
     extra: dict[str, Any] = {}
     callbacks: list[Any] = [monitor]
@@ -295,10 +359,8 @@ def run_recipe(recipe: Recipe, base_model, tokenizer, new_texts: Sequence[str], 
     args = training_args(output_dir=tempfile.mkdtemp(prefix="course-capstone-"), max_steps=steps,
                          learning_rate=learning_rate, per_device_train_batch_size=batch_size, seed=seed,
                          data_seed=seed, warmup_steps=10, logging_steps=steps, weight_decay=0.0, **extra)
-    trainer = Trainer(model=model, args=args, train_dataset=tokenize_texts(tokenizer, texts, 96),
-                      eval_dataset=tokenize_texts(tokenizer, list(val_texts), 96) if recipe.early_stopping else None,
-                      data_collator=causal_collator(tokenizer), callbacks=callbacks)
-    trainer.remove_callback(PrinterCallback)
+    trainer = causal_lm_trainer(model, tokenizer, texts, args, callbacks,
+                                eval_texts=val_texts if recipe.early_stopping else None)
     trainer.train()
     return trainer.model, monitor.history, trainer
 
@@ -310,7 +372,7 @@ def recipe_row(recipe: Recipe) -> dict[str, Any]:
             "why (first reason)": recipe.reasons[1] if len(recipe.reasons) > 1 else ""}
 
 
-def recipe_widget(records: Mapping[str, Mapping[str, Any]]):
+def recipe_widget(records: Mapping[str, Mapping[str, Any]]) -> None:
     """ipywidgets controls (GPU memory, model size, goal, data size, keep/safety) that re-run `choose_recipe`."""
     import ipywidgets as w
     from IPython.display import display
@@ -339,9 +401,7 @@ def recipe_widget(records: Mapping[str, Mapping[str, Any]]):
     for control in (gpu, size, goal, n, keep, safety):
         control.observe(update, names="value")
     update()
-    box = w.VBox([w.HBox([gpu, size, goal]), w.HBox([n, keep, safety]), out])
-    display(box)
-    return box
+    display(w.VBox([w.HBox([gpu, size, goal]), w.HBox([n, keep, safety]), out]))
 
 
 def plot_run(curves, base_old: float | None = None):

@@ -15,8 +15,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from course_utils.data import DataError, require_columns
-from course_utils.errors import check_count, check_positive, check_vocab
+from course_utils import zoo
+from course_utils.config import CourseConfig, Limit
+from course_utils.data import DataError
+from course_utils.errors import check_count, check_positive, check_rows, check_vocab
+from course_utils.text import encode, model_device, pad_batch
+from course_utils.train import with_finite_guard
+
 
 LIBRARY_CALLS = {
     "transformers:DataCollatorWithPadding": ["tokenizer"],
@@ -25,8 +30,11 @@ LIBRARY_CALLS = {
 
 
 @dataclass
-class ClassifierConfig:
+class ClassifierConfig(CourseConfig):
     """Fine-tuning settings for a small classifier; the defaults fit a ~1 M model on ~1 k reviews in seconds."""
+
+    error = DataError
+    LIMITS = {"num_labels": Limit(2, 10**6)}
 
     epochs: float = 3.0
     batch_size: int = 16
@@ -41,7 +49,6 @@ def load_classifier(family: str, num_labels: int = 2, profile: str | None = None
     """A shipped (or hub) base model of `family` with a fresh classification head, and its tokenizer."""
     from transformers import AutoModelForSequenceClassification
 
-    from course_utils import zoo
 
     zoo.check_family(family)
     check_count(num_labels, "load_classifier", "num_labels", minimum=2, error=DataError)
@@ -59,9 +66,8 @@ def tokenize_labelled(tokenizer, rows: Sequence[dict[str, Any]], max_length: int
     also lie in [0, num_labels), since an out-of-range label would only fail deep inside the loss."""
     from datasets import Dataset
 
-    from course_utils.train import encode
 
-    require_columns(rows, [text_key, label_key], where="tokenize_labelled")
+    check_rows(rows, "tokenize_labelled", keys=[text_key, label_key], error=DataError)
     data = []
     for i, row in enumerate(rows):
         if not isinstance(row[text_key], str):
@@ -81,7 +87,6 @@ def train_classifier(model, tokenizer, train_rows: Sequence[dict[str, Any]], con
     """Fine-tune `model` (all trainable parameters) on labelled rows with `Trainer`; returns the trainer."""
     from transformers import DataCollatorWithPadding, Trainer
 
-    from course_utils.train import training_args
 
     where = "train_classifier"
     check_vocab(model, tokenizer, where, error=DataError)
@@ -91,12 +96,10 @@ def train_classifier(model, tokenizer, train_rows: Sequence[dict[str, Any]], con
     n_labels = getattr(model.config, "num_labels", config.num_labels)
     train_data = tokenize_labelled(tokenizer, train_rows, config.max_length, num_labels=n_labels)
     eval_data = tokenize_labelled(tokenizer, eval_rows, config.max_length, num_labels=n_labels) if eval_rows else None
-    args = training_args(num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
-                         learning_rate=config.learning_rate, weight_decay=config.weight_decay, seed=config.seed,
-                         data_seed=config.seed, lr_scheduler_type="linear", warmup_steps=0.1,
-                         per_device_eval_batch_size=64, **args_overrides)
+    args = config.training_arguments(lr_scheduler_type="linear", warmup_steps=0.1, per_device_eval_batch_size=64,
+                                     **args_overrides)
     trainer = Trainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
-                      data_collator=DataCollatorWithPadding(tokenizer), callbacks=list(callbacks))
+                      data_collator=DataCollatorWithPadding(tokenizer), callbacks=with_finite_guard(callbacks))
     trainer.train()
     return trainer
 
@@ -105,20 +108,18 @@ def train_classifier(model, tokenizer, train_rows: Sequence[dict[str, Any]], con
 def predict_proba(model, tokenizer, rows: Sequence[dict[str, Any]], max_length: int = 64,
                   batch_size: int = 64, text_key: str = "text") -> np.ndarray:
     """Class probabilities, shape (n_rows, num_labels), in row order."""
-    from course_utils.evaluate import _pad_batch
-    from course_utils.train import encode
 
-    require_columns(rows, [text_key], where="predict_proba")
+    check_rows(rows, "predict_proba", keys=[text_key], error=DataError)
     for i, r in enumerate(rows):
         if not isinstance(r[text_key], str):
             raise DataError(f"predict_proba row {i}: {text_key!r} is {type(r[text_key]).__name__}, not str")
     check_vocab(model, tokenizer, "predict_proba", error=DataError)
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     out = []
     for start in range(0, len(rows), batch_size):
         seqs = [encode(tokenizer, r[text_key])[:max_length] for r in rows[start:start + batch_size]]
-        ids, mask = _pad_batch(seqs, tokenizer.pad_token_id)
+        ids, mask = pad_batch(seqs, tokenizer.pad_token_id)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         out.append(torch.softmax(logits, -1).cpu().numpy())
     return np.concatenate(out)
@@ -126,9 +127,63 @@ def predict_proba(model, tokenizer, rows: Sequence[dict[str, Any]], max_length: 
 
 def accuracy(model, tokenizer, rows: Sequence[dict[str, Any]], label_key: str = "label", **kwargs) -> float:
     """Share of rows whose most probable class is the row's label."""
-    require_columns(rows, [label_key], where="accuracy")
+    check_rows(rows, "accuracy", keys=[label_key], error=DataError)
     for i, r in enumerate(rows):
         if isinstance(r[label_key], bool) or not isinstance(r[label_key], numbers.Integral):
             raise DataError(f"accuracy row {i}: {label_key!r} is {r[label_key]!r}, not an integer class")
     preds = predict_proba(model, tokenizer, rows, **kwargs).argmax(-1)
     return float((preds == np.array([int(r[label_key]) for r in rows])).mean())
+
+
+def out_of_fold_probs(rows: Sequence[dict[str, Any]], n_folds: int = 5, seed: int = 0, C: float | None = None,
+                      Cs: Sequence[float] = (0.03, 0.1, 0.3, 1.0, 3.0), text_key: str = "text",
+                      label_key: str = "label") -> np.ndarray:
+    """Predicted class probabilities for every row from a model that never saw that row (K-fold).
+
+    Cheap features on purpose: word counts and logistic regression train K times in well under a second, where
+    K fine-tunes of the LLM would take minutes. Confident learning needs probabilities that are *out of fold*: a
+    model that trained on a mislabelled row has memorised its wrong label and would not flag it. For the same
+    reason the model must not be too flexible: with `C=None` the regularisation strength is chosen from `Cs` by
+    out-of-fold log-loss on the given (noisy) labels, which needs no knowledge of which labels are wrong.
+    """
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+
+    check_rows(rows, "out_of_fold_probs", keys=[label_key], text_keys=[text_key], error=DataError)
+    labels = np.array([int(r[label_key]) for r in rows])
+    counts = np.bincount(labels)
+    if len(counts) < 2 or counts.min() < n_folds:
+        raise DataError(f"out_of_fold_probs: every class needs at least n_folds={n_folds} rows, "
+                           f"got counts {counts.tolist()}")
+    texts = [r[text_key] for r in rows]
+    cv = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    best = None
+    for c in ([C] if C is not None else Cs):
+        model = make_pipeline(CountVectorizer(lowercase=True), LogisticRegression(C=c, max_iter=2000))
+        probs = cross_val_predict(model, texts, labels, cv=cv, method="predict_proba")
+        loss = log_loss(labels, probs)
+        if best is None or loss < best[0]:
+            best = (loss, probs)
+    return best[1]
+
+
+def classifier_from(model, tokenizer, num_labels: int = 1):
+    """The policy's body with a fresh classification head: a reward model (1 output) or a safety filter (2).
+
+    Starting from the language model, not from scratch, gives the head features that already know the world.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    import copy
+
+    config = copy.deepcopy(model.config)
+    config.num_labels = num_labels
+    config.pad_token_id = tokenizer.pad_token_id
+    clf = AutoModelForSequenceClassification.from_config(config)
+    result = clf.load_state_dict(model.state_dict(), strict=False)
+    if len(result.unexpected_keys) == len(model.state_dict()):
+        raise DataError("classifier_from: no weight of the language model fits the classifier")
+    return clf.to(model_device(model))

@@ -25,7 +25,18 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from course_utils import zoo
+from course_utils.distill import DistillationTrainer, shrink_model
+from course_utils.config import CourseConfig
 from course_utils.errors import CourseError, check_rate
+from course_utils.evaluate import continuation_logprobs, generate
+from course_utils.peft_methods import apply_method
+from course_utils.profiles import choose_profile
+from course_utils.text import model_device
+from course_utils.train import causal_collator, tokenize_prompt_completion, with_finite_guard
+from course_utils.world import qa_pairs
+from course_utils.zoo import count_parameters
+
 
 LIBRARY_CALLS = {
     "torch.optim:AdamW": ["params", "lr", "weight_decay"],
@@ -42,7 +53,6 @@ class CostError(CourseError):
 
 def parameter_counts(model) -> dict[str, float]:
     """Trainable and total parameters (tied weights counted once) and the trainable share in percent."""
-    from course_utils.zoo import count_parameters
 
     total, trainable = count_parameters(model), count_parameters(model, trainable_only=True)
     return {"trainable": trainable, "total": total, "trainable %": 100.0 * trainable / total if total else 0.0}
@@ -99,7 +109,7 @@ class TensorMemory(TorchDispatchMode):
 
 
 def _batch_on(model, batch: dict) -> dict:
-    device = next(model.parameters()).device
+    device = model_device(model)
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
@@ -235,7 +245,6 @@ def qa_task(world, test_share: float = 0.25, n_test: int = 128, seed: int = 0) -
     """Split the seen people's Q/A pairs by person (`test_share` of people held out for testing)."""
     import random
 
-    from course_utils.world import qa_pairs
 
     check_rate(test_share, "qa_task", "test_share", high_open=True, error=CostError)
     if test_share == 0.0:
@@ -260,7 +269,6 @@ def labelled_subset(rows, n: int, seed: int = 0) -> list[dict]:
 
 def example_batch(tokenizer, rows, size: int = 16) -> dict:
     """A padded training batch of the first `size` rows: the batch every memory measurement uses."""
-    from course_utils.train import causal_collator
 
     data = qa_dataset(tokenizer, rows[:size])
     return causal_collator(tokenizer)([data[i] for i in range(len(data))])
@@ -268,7 +276,6 @@ def example_batch(tokenizer, rows, size: int = 16) -> dict:
 
 def qa_dataset(tokenizer, rows, max_length: int = 64):
     """Tokenised Q/A examples with the loss on the answer only."""
-    from course_utils.train import tokenize_prompt_completion
 
     return tokenize_prompt_completion(tokenizer, QATask.prompts(rows), QATask.completions(rows), max_length)
 
@@ -277,7 +284,6 @@ def answer_quality(model, tokenizer, rows, n_generate: int = 64) -> dict[str, fl
     """How well `model` answers: `answer_ppl`, the perplexity of the reference answers (teacher-forced, lower is
     better, 1.0 is perfect), and `answer_acc`, the share of greedy answers (first `n_generate` rows) whose first
     sentence names the right value (a model that knows the format but not the fact scores about 1/12)."""
-    from course_utils.evaluate import continuation_logprobs, generate
 
     if not rows:
         raise CostError("answer_quality: no rows given")
@@ -290,14 +296,14 @@ def answer_quality(model, tokenizer, rows, n_generate: int = 64) -> dict[str, fl
 
 
 @dataclass
-class Budget:
+class CostConfig(CourseConfig):
     """The same training budget for every method: steps x batch size; learning rates per method (adapters,
     with few weights each, take larger steps; these are the usual rules of thumb, not tuned per family)."""
 
     steps: int = 40
     batch_size: int = 16
     seed: int = 0
-    learning_rates: dict = None
+    learning_rates: dict | None = None
     n_generate: int = 48      # greedy answers generated per run for `answer_acc`
 
     # tiny models from scratch-like pretraining take large steps; hub models are fine-tuned with the usual
@@ -305,20 +311,17 @@ class Budget:
     CPU_RATES = {"full": 2e-3, "freeze": 2e-3, "lora": 1e-2, "prefix": 1e-1, "ia3": 1e-1, "student": 2e-3}
     GPU_RATES = {"full": 5e-5, "freeze": 5e-5, "lora": 5e-4, "prefix": 1e-2, "ia3": 5e-3, "student": 5e-5}
 
-    def __post_init__(self) -> None:
-        from course_utils.profiles import choose_profile
+    error = CostError
 
+    def check(self) -> None:
         defaults = self.GPU_RATES if choose_profile() == "gpu" else self.CPU_RATES
         self.learning_rates = {**defaults, **(self.learning_rates or {})}
 
     def args(self, method: str, **overrides):
-        from course_utils.train import training_args
-
         if method not in self.learning_rates:
-            raise CostError(f"Budget: no learning rate for method {method!r}; known: {sorted(self.learning_rates)}")
-        return training_args(max_steps=self.steps, per_device_train_batch_size=self.batch_size,
-                             learning_rate=self.learning_rates[method], warmup_steps=5, seed=self.seed,
-                             data_seed=self.seed, logging_steps=10 ** 6, **overrides)
+            raise CostError(f"CostConfig: no learning rate for method {method!r}; known: {sorted(self.learning_rates)}")
+        return self.training_arguments(learning_rate=self.learning_rates[method], warmup_steps=5,
+                                       logging_steps=10 ** 6, **overrides)
 
 
 def _train_quietly(trainer) -> None:
@@ -329,39 +332,33 @@ def _train_quietly(trainer) -> None:
     trainer.train()
 
 
-def run_method(family: str, method: str, task: QATask, budget: Budget, train_rows=None, **method_kwargs):
+def run_method(family: str, method: str, task: QATask, budget: CostConfig, train_rows=None, **method_kwargs):
     """Load the `family` base model, prepare it for `method` (`method_kwargs` go to `apply_method`, e.g. `r=4`),
     fine-tune it on the task within `budget`, and measure it (memory on `example_batch` of the family's tokenizer).
 
     Returns (row of `cost_row`, trained model)."""
     from transformers import Trainer
 
-    from course_utils import zoo
-    from course_utils.peft_methods import apply_method
-    from course_utils.train import causal_collator
 
     model, tok = zoo.load(family)
     model = apply_method(model, method, **method_kwargs)
     trainer = Trainer(model=model, args=budget.args(method), train_dataset=qa_dataset(tok, train_rows or task.train),
-                      data_collator=causal_collator(tok))
+                      data_collator=causal_collator(tok), callbacks=with_finite_guard())
     _train_quietly(trainer)
     quality = answer_quality(model, tok, task.test, budget.n_generate)
     return cost_row(family, method, model, example_batch(tok, task.train), trainer, quality), model
 
 
-def run_student(family: str, teacher, task: QATask, budget: Budget, train_rows, alpha: float,
+def run_student(family: str, teacher, task: QATask, budget: CostConfig, train_rows, alpha: float,
                 temperature: float = 2.0, name: str | None = None):
     """Distil `teacher` into a half-depth copy of the `family` base model (`distill.shrink_model`), trained on
     `train_rows`: `alpha=0` is hard labels only, `alpha>0` mixes in the teacher's soft targets."""
-    from course_utils import zoo
-    from course_utils.distill import DistillationTrainer, shrink_model
-    from course_utils.train import causal_collator
 
     base, tok = zoo.load(family)
     student = shrink_model(base)
     trainer = DistillationTrainer(model=student, args=budget.args("student"), train_dataset=qa_dataset(tok, train_rows),
                                   data_collator=causal_collator(tok), teacher_model=teacher, temperature=temperature,
-                                  alpha=alpha)
+                                  alpha=alpha, callbacks=with_finite_guard())
     _train_quietly(trainer)
     method = name or ("student: soft targets" if alpha > 0 else "student: hard labels")
     quality = answer_quality(student, tok, task.test, budget.n_generate)

@@ -7,10 +7,13 @@ see *where* ("qa.jsonl line 17: missing field 'answer'"), not a traceback from i
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from course_utils.errors import CourseError
+from course_utils.paths import DATA_DIR
 
 
 class DataError(CourseError, ValueError):
@@ -18,7 +21,8 @@ class DataError(CourseError, ValueError):
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
-    """Write rows as JSON lines with sorted keys, so the same rows always give the same bytes."""
+    """Write rows as JSON lines with sorted keys, so the same rows always give the same bytes; NaN and infinity
+    are refused here, as `read_jsonl` refuses them (strict JSON has no spelling for them)."""
     path = Path(path)
     rows = list(rows)
     lines = []
@@ -26,7 +30,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
         if not isinstance(row, dict):
             raise DataError(f"write_jsonl {path.name}: row {i} is {type(row).__name__}, not a dict")
         try:
-            lines.append(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+            lines.append(json.dumps(row, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n")
         except (TypeError, ValueError) as err:
             raise DataError(f"write_jsonl {path.name}: row {i} cannot be written as JSON ({err})") from None
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,20 +39,77 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return path
 
 
+class _Refused(ValueError):
+    """A line that is valid JSON to Python's parser but not to the course: duplicate keys, NaN or Infinity."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's pairs as a dict, refusing a key given twice (plain `json.loads` silently keeps the last one)."""
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        keys = [k for k, _ in pairs]
+        dup = next(k for i, k in enumerate(keys) if k in keys[:i])
+        raise _Refused(f"duplicate key {dup!r} in one object (which value is meant?)")
+    return row
+
+
+def _no_constant(name: str) -> float:
+    """Refuse `NaN`, `Infinity` and `-Infinity`: Python's extension to JSON, which other tools reject or misread."""
+    raise _Refused(f"{name} is not valid JSON (write a number, or null for a missing value)")
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number as a float, refusing one too large for a float (`1e999` would silently become infinity)."""
+    value = float(text)
+    if math.isinf(value):
+        raise _Refused(f"the number {text[:20]} is too large for a float (it would become infinity)")
+    return value
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # where `surrogateescape` put a byte that is not UTF-8
+
+
+def _decoding_problem(line: str) -> str | None:
+    """Why a line read with `errors="surrogateescape"` is not UTF-8 text (None when it is)."""
+    if line.startswith(("\udcff\udcfe", "\udcfe\udcff")):
+        return "the file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8"
+    if "\x00" in line:  # never in JSON text; every other byte of UTF-16 text is NUL
+        return "it contains NUL bytes (a UTF-16 file?); save it as UTF-8"
+    bad = _UNDECODABLE.search(line)
+    if bad is None:
+        return None
+    byte = ord(bad.group()) - 0xDC00
+    return f"byte 0x{byte:02x} at column {bad.start() + 1} is not UTF-8 (a Latin-1 or Windows file?); save it as UTF-8"
+
+
+def _parse_line(line: str) -> Any:
+    """One JSON line, strictly: no key twice, no NaN/Infinity (nor a number that overflows to it); else `_Refused`
+    saying what is wrong."""
+    try:
+        return json.loads(line, object_pairs_hook=_unique_keys, parse_constant=_no_constant,
+                          parse_float=_finite_float)
+    except json.JSONDecodeError as err:
+        raise _Refused(f"malformed JSON ({err.msg} at column {err.colno})") from None
+
+
 def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Read a JSONL file; a malformed or incomplete line raises `DataError` naming the file and line."""
+    """Read a UTF-8 JSONL file; a line that is not UTF-8, malformed, ambiguous (a key twice, NaN) or incomplete
+    raises `DataError` naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found (regenerate the world with `course build --data-only`)")
     rows = []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8", errors="surrogateescape") as f:  # a bad byte is reported below, by line
         for lineno, line in enumerate(f, start=1):
+            problem = _decoding_problem(line)
+            if problem:
+                raise DataError(f"{path.name} line {lineno}: {problem}")
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path.name} line {lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+                row = _parse_line(line)
+            except _Refused as err:
+                raise DataError(f"{path.name} line {lineno}: {err}") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path.name} line {lineno}: expected a JSON object, got {type(row).__name__}")
             missing = [k for k in required if k not in row]
@@ -60,24 +121,6 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict[str,
     return rows
 
 
-def require_columns(rows: Sequence[dict[str, Any]], columns: Sequence[str], where: str = "rows") -> None:
-    """Check in-memory rows (list of dicts or a `Dataset`) for the columns a helper needs."""
-    if len(rows) == 0:
-        raise DataError(f"{where}: empty dataset")
-    names = rows.column_names if hasattr(rows, "column_names") else None
-    if names is not None:
-        missing = [c for c in columns if c not in names]
-        if missing:
-            raise DataError(f"{where}: missing column(s) {', '.join(map(repr, missing))}; has {names}")
-        return
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise DataError(f"{where} row {i}: expected a dict, got {type(row).__name__}")
-        missing = [c for c in columns if c not in row]
-        if missing:
-            raise DataError(f"{where} row {i}: missing field(s) {', '.join(map(repr, missing))}")
-
-
 def load_dataset_file(path: str | Path, required: Sequence[str] = ()):
     """A JSONL file as a `datasets.Dataset`, validated line by line first."""
     from datasets import Dataset
@@ -87,7 +130,6 @@ def load_dataset_file(path: str | Path, required: Sequence[str] = ()):
 
 def data_path(name: str) -> Path:
     """Path of a shipped data file in `data_samples/`."""
-    from course_utils.paths import DATA_DIR
 
     return DATA_DIR / name
 

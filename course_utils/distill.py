@@ -19,7 +19,11 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from course_utils import zoo
 from course_utils.errors import CourseError
+from course_utils.peft_methods import transformer_blocks
+from course_utils.zoo import TinySpec
+
 
 LIBRARY_CALLS = {
     "transformers:Trainer.compute_loss": ["model", "inputs", "return_outputs", "num_items_in_batch"],
@@ -118,7 +122,6 @@ def student_model(family: str, tokenizer, spec=None, seed: int = 0, model_class=
     spec) sharing `tokenizer`; `model_class` picks a head (default causal LM)."""
     from transformers import AutoModelForCausalLM
 
-    from course_utils import zoo
 
     spec = spec or STUDENT_SPEC
     config = zoo.tiny_config(family, tokenizer, spec)
@@ -129,8 +132,6 @@ def student_model(family: str, tokenizer, spec=None, seed: int = 0, model_class=
 
 
 def _student_spec():
-    from course_utils.zoo import TinySpec
-
     return TinySpec(hidden=64, layers=2, heads=2, intermediate=192)
 
 
@@ -146,7 +147,6 @@ def shrink_model(model, keep_layers: list[int] | None = None):
     import copy
     import re
 
-    from course_utils.peft_methods import transformer_blocks
 
     n = len(transformer_blocks(model))
     keep = list(range(0, n, 2)) if keep_layers is None else list(keep_layers)

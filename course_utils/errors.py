@@ -43,26 +43,32 @@ def check_positive(value, where: str, name: str, error: type[CourseError] = Cour
     return float(value)
 
 
-def check_rows(rows, where: str, keys=(), text_keys=(), error: type[CourseError] = CourseError) -> None:
-    """`rows` is a non-empty list of dicts with `keys`, whose `text_keys` hold strings; else one line naming the row."""
+def check_rows(rows, where: str, keys=(), text_keys=(), int_keys=(), error: type[CourseError] = CourseError) -> None:
+    """`rows` is a non-empty list of dicts (or a `datasets.Dataset`) with `keys`, whose `text_keys` hold strings
+    and whose `int_keys` hold integer class labels; else one line naming the helper, the row and the column."""
+    import numbers
+
     if isinstance(rows, (str, bytes, dict)) or not hasattr(rows, "__len__"):
         raise error(f"{where}: rows must be a list of dicts, got {type(rows).__name__}")
     if len(rows) == 0:
         raise error(f"{where}: no rows given (the dataset is empty)")
     if hasattr(rows, "column_names"):  # a datasets.Dataset: columns are uniform
-        missing = [k for k in (*keys, *text_keys) if k not in rows.column_names]
+        missing = [k for k in dict.fromkeys((*keys, *text_keys, *int_keys)) if k not in rows.column_names]
         if missing:
             raise error(f"{where}: missing column(s) {missing}; it has {rows.column_names}")
         return
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise error(f"{where}: row {i} is {type(row).__name__}, not a dict")
-        missing = [k for k in (*keys, *text_keys) if k not in row]
+        missing = [k for k in dict.fromkeys((*keys, *text_keys, *int_keys)) if k not in row]
         if missing:
             raise error(f"{where}: row {i} has no column(s) {missing}; it has {sorted(map(str, row))}")
         for k in text_keys:
             if not isinstance(row[k], str):
                 raise error(f"{where}: row {i} column {k!r} is {type(row[k]).__name__}, not str")
+        for k in int_keys:
+            if isinstance(row[k], bool) or not isinstance(row[k], numbers.Integral):
+                raise error(f"{where}: row {i} column {k!r} is {row[k]!r}, not an integer class")
 
 
 def check_model(model, where: str, error: type[CourseError] = CourseError) -> None:

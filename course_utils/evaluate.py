@@ -12,55 +12,35 @@ from typing import Sequence
 import torch
 
 from course_utils.data import DataError
-from course_utils.errors import check_vocab
-from course_utils.train import encode
-from course_utils.world import ATTRIBUTES, RECALL_PROMPTS, Person
-
-
-def _check_texts(texts: Sequence[str], where: str, what: str = "text") -> None:
-    if isinstance(texts, str) or not hasattr(texts, "__len__"):
-        raise DataError(f"{where}: expected a list of {what}s, got {type(texts).__name__}")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise DataError(f"{where}: {what} {i} is {type(t).__name__}, not str")
-
-
-def _model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _pad_batch(seqs: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        sl = slice(width - len(s), width) if left else slice(0, len(s))
-        ids[i, sl] = torch.tensor(s)
-        mask[i, sl] = 1
-    return ids, mask
+from course_utils.errors import check_count, check_vocab
+from course_utils.text import chat_turn, check_texts, encode_for, model_device, pad_batch, pad_id
+from course_utils.world import ATTRIBUTES, Person, RECALL_PROMPTS, biography, generic_eval_text
 
 
 @torch.no_grad()
 def continuation_logprobs(model, tokenizer, prompts: Sequence[str], continuations: Sequence[str],
                           batch_size: int = 128) -> list[float]:
-    """Sum of log-probabilities of each continuation given its prompt (prompt gets BOS, continuation does not)."""
+    """Sum of log-probabilities of each continuation given its prompt (prompt gets BOS, continuation does not).
+
+    A prompt plus continuation longer than the model's positions is a one-line `DataError` naming the pair."""
     if len(prompts) != len(continuations):
         raise DataError(f"continuation_logprobs: {len(prompts)} prompts but {len(continuations)} continuations")
-    _check_texts(prompts, "continuation_logprobs", "prompt")
-    _check_texts(continuations, "continuation_logprobs", "continuation")
+    check_texts(prompts, "continuation_logprobs", "prompt")
+    check_texts(continuations, "continuation_logprobs", "continuation")
     check_vocab(model, tokenizer, "continuation_logprobs", error=DataError)
     model.eval()
-    device = _model_device(model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = model_device(model)
+    pad = pad_id(tokenizer)
     out: list[float] = []
     for start in range(0, len(prompts), batch_size):
         seqs, spans = [], []
-        for p, c in zip(prompts[start:start + batch_size], continuations[start:start + batch_size]):
-            pi = encode(tokenizer, p)
-            ci = tokenizer(c, add_special_tokens=False)["input_ids"]
+        for i in range(start, min(start + batch_size, len(prompts))):
+            pi = encode_for(model, tokenizer, prompts[i], "continuation_logprobs", f"prompt {i}")
+            ci = encode_for(model, tokenizer, continuations[i], "continuation_logprobs",
+                            f"prompt {i} with its continuation", add_bos=False, reserve=len(pi))
             seqs.append(pi + ci)
             spans.append((len(pi), len(pi) + len(ci)))
-        ids, mask = _pad_batch(seqs, pad)
+        ids, mask = pad_batch(seqs, pad)
         logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
         for row, (a, b) in enumerate(spans):
             targets = ids[row, a:b].to(device)
@@ -100,18 +80,21 @@ def fact_recall(model, tokenizer, people: Sequence[Person], attributes: Sequence
 
 @torch.no_grad()
 def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 64) -> float:
-    """exp(mean negative log-likelihood per token) over `texts` (each BOS + text + EOS). Lower is better."""
+    """exp(mean negative log-likelihood per token) over `texts` (each BOS + text + EOS). Lower is better.
+
+    A text longer than the model's positions is a one-line `DataError` naming it (split long documents first)."""
     if len(texts) == 0:
         raise DataError("perplexity: no texts given")
-    _check_texts(texts, "perplexity")
+    check_texts(texts, "perplexity")
     check_vocab(model, tokenizer, "perplexity", error=DataError)
     model.eval()
-    device = _model_device(model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = model_device(model)
+    pad = pad_id(tokenizer)
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(texts), batch_size):
-        seqs = [encode(tokenizer, t, add_eos=True) for t in texts[start:start + batch_size]]
-        ids, mask = _pad_batch(seqs, pad)
+        seqs = [encode_for(model, tokenizer, texts[i], "perplexity", f"text {i} (with BOS and EOS)", add_eos=True)
+                for i in range(start, min(start + batch_size, len(texts)))]
+        ids, mask = pad_batch(seqs, pad)
         ids, mask = ids.to(device), mask.to(device)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
@@ -126,25 +109,27 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
              chat: bool = False) -> list[str]:
     """Greedy completions of `prompts` (left-padded batches), decoded without special tokens.
 
-    With `chat=True` each prompt is a user message wrapped by the tokenizer's chat template.
+    With `chat=True` each prompt is a user message wrapped by the tokenizer's chat template. A prompt that leaves no
+    room for `max_new_tokens` within the model's positions is a one-line `DataError` naming it.
     """
     if len(prompts) == 0:
         raise DataError("generate: no prompts given")
-    _check_texts(prompts, "generate", "prompt")
+    check_texts(prompts, "generate", "prompt")
     check_vocab(model, tokenizer, "generate", error=DataError)
+    max_new_tokens = check_count(max_new_tokens, "generate", "max_new_tokens", minimum=1, error=DataError)
     model.eval()
-    device = _model_device(model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = model_device(model)
+    pad = pad_id(tokenizer)
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
         if chat:
-            texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                   add_generation_prompt=True) for p in batch]
+            texts = [chat_turn(tokenizer, p) for p in batch]
         else:
             texts = list(batch)
-        seqs = [encode(tokenizer, t) for t in texts]
-        ids, mask = _pad_batch(seqs, pad, left=True)
+        seqs = [encode_for(model, tokenizer, t, "generate", f"prompt {start + j} with max_new_tokens={max_new_tokens}",
+                           reserve=max_new_tokens) for j, t in enumerate(texts)]
+        ids, mask = pad_batch(seqs, pad, left=True)
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                              max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
         outputs += tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
@@ -162,7 +147,6 @@ def knowledge_audit(model, tokenizer, world, n_people: int | None = None) -> dic
     """
     import random
 
-    from course_utils.world import biography, generic_eval_text
 
     seen, held = world.seen[:n_people], world.heldout[:n_people]
     seen_r, held_r = fact_recall(model, tokenizer, seen), fact_recall(model, tokenizer, held)

@@ -18,15 +18,21 @@ else (training loop, schedules, adapters) is the Hugging Face `Trainer` and `pef
 
 from __future__ import annotations
 
-import math
-import random
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from transformers import PrinterCallback, Trainer, TrainerCallback
+from transformers import Trainer
 
+from course_utils.config import CourseConfig
 from course_utils.errors import CourseError
+from course_utils.evaluate import fact_recall, perplexity
+from course_utils.peft_methods import apply_lora
+from course_utils.text import encode, model_device, pad_batch, pad_id
+from course_utils.train import ForgettingMonitor, causal_lm_trainer, rehearsal_set
+from course_utils.train import mix_rehearsal, rehearsal_count  # noqa: F401  (lesson 02 calls them as F.*)
+from course_utils.world import ATTRIBUTES, RECALL_PROMPTS
+
 
 LIBRARY_CALLS = {
     # EWCTrainer overrides compute_loss with this exact signature and calls the parent's with these keywords.
@@ -42,49 +48,6 @@ LIBRARY_CALLS = {
 
 class ForgettingError(CourseError):
     """Bad input to a forgetting helper: a ratio outside its range, empty data, a negative lambda."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Rehearsal
-# ---------------------------------------------------------------------------------------------------------------
-
-def rehearsal_count(n_new: int, ratio: float) -> int:
-    """How many old examples make `ratio` of a set that holds `n_new` new ones: round(ratio * n_new / (1 - ratio))."""
-    if not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0.0 <= ratio < 1.0:
-        raise ForgettingError(f"rehearsal ratio must be in [0, 1) (the share of old data in the mix), got {ratio!r}; "
-                              f"1.0 would leave no room for the new data")
-    return int(round(ratio * n_new / (1.0 - ratio)))
-
-
-def mix_rehearsal(new: Sequence[Any], old: Sequence[Any], ratio: float, seed: int = 0, epochs: int = 1) -> list[Any]:
-    """The fine-tuning set with rehearsal: every new example once per epoch, plus old examples making up `ratio`.
-
-    `ratio` is the share of *old* examples in each epoch (0.05 = 5 % replay, as in Ibrahim et al. 2024). The old
-    examples are drawn without replacement from a seeded shuffle of `old`, continuing across epochs, so a long run
-    rehearses many different old examples instead of repeating a few. Each epoch is shuffled; the result is the
-    same list for the same seed. The old share is exact up to rounding to a whole example (within 0.5 / epoch size).
-    """
-    if len(new) == 0:
-        raise ForgettingError("mix_rehearsal: the new (fine-tuning) data is empty")
-    if epochs < 1:
-        raise ForgettingError(f"mix_rehearsal: epochs must be >= 1, got {epochs}")
-    n_old = rehearsal_count(len(new), ratio)
-    if ratio > 0 and len(old) == 0:
-        raise ForgettingError(f"mix_rehearsal: ratio {ratio} asks for old examples but the original data is empty")
-    rng = random.Random(seed)
-    order: list[int] = []
-    mixed: list[Any] = []
-    for _ in range(epochs):
-        picks = []
-        while len(picks) < n_old:  # walk through shuffled copies of `old`, so repeats come only after all were used
-            if not order:
-                order = list(range(len(old)))
-                rng.shuffle(order)
-            picks.append(old[order.pop()])
-        epoch = list(new) + picks
-        rng.shuffle(epoch)
-        mixed += epoch
-    return mixed
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -246,9 +209,6 @@ def fast_fact_recall(model, tokenizer, people: Sequence, attributes: Sequence[st
     pass per question and a look at the 12 candidates' next-token logits gives the same ranking. That matters
     here because lesson 02 measures recall every few steps of every run. Falls back to `fact_recall` otherwise.
     """
-    from course_utils.evaluate import _pad_batch, fact_recall
-    from course_utils.train import encode
-    from course_utils.world import ATTRIBUTES, RECALL_PROMPTS
 
     attributes = list(attributes or ATTRIBUTES)
     value_ids = {a: [tokenizer(f" {v}", add_special_tokens=False)["input_ids"] for v in ATTRIBUTES[a]]
@@ -256,8 +216,8 @@ def fast_fact_recall(model, tokenizer, people: Sequence, attributes: Sequence[st
     if not people or len(value_ids) < len(attributes) or any(len(i) != 1 for ids in value_ids.values() for i in ids):
         return fact_recall(model, tokenizer, people, attributes, batch_size)  # its own clear errors, or multi-token
     model.eval()
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = model_device(model)
+    pad = pad_id(tokenizer)
     result = {}
     for attr in attributes:
         candidates = torch.tensor([i[0] for i in value_ids[attr]], device=device)
@@ -265,7 +225,7 @@ def fast_fact_recall(model, tokenizer, people: Sequence, attributes: Sequence[st
         picks = []
         for start in range(0, len(seqs), batch_size):
             chunk = seqs[start:start + batch_size]
-            ids, mask = _pad_batch(chunk, pad)
+            ids, mask = pad_batch(chunk, pad)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             last = torch.tensor([len(s) - 1 for s in chunk], device=device)
             picks.append(logits[torch.arange(len(chunk), device=device), last][:, candidates].argmax(-1).cpu())
@@ -278,7 +238,6 @@ def knowledge_probe(tokenizer, old_people: Sequence, new_people: Sequence, old_t
                     attributes: Sequence[str] | None = None) -> Callable[[Any], dict[str, float]]:
     """A function model -> {"new_recall", "old_recall", "old_ppl"}: learned (recall of the facts being taught),
     kept (recall of facts the base model knew) and, if `old_texts` are given, perplexity on original-style text."""
-    from course_utils.evaluate import perplexity
 
     if not old_people or not new_people:
         raise ForgettingError("knowledge_probe: need at least one old and one new person")
@@ -294,38 +253,11 @@ def knowledge_probe(tokenizer, old_people: Sequence, new_people: Sequence, old_t
     return measure
 
 
-class ForgettingMonitor(TrainerCallback):
-    """Calls `measure(model)` before training and every `every` steps (and at the last); rows land in `history`.
-
-    `start`, if given, is the already-measured base model's row, used for step 0 instead of measuring it again.
-    """
-
-    def __init__(self, measure: Callable[[Any], dict[str, float]], every: int, label: Mapping[str, Any] = (),
-                 start: Mapping[str, float] | None = None):
-        if every < 1:
-            raise ForgettingError(f"ForgettingMonitor: every must be >= 1, got {every}")
-        self.measure, self.every, self.label, self.start = measure, every, dict(label), start
-        self.history: list[dict[str, Any]] = []
-
-    def _record(self, state, model) -> None:
-        was_training = model.training
-        self.history.append({**self.label, "step": state.global_step, **self.measure(model)})
-        model.train(was_training)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if self.start is not None:
-            self.history.append({**self.label, "step": state.global_step, **self.start})
-        else:
-            self._record(state, kwargs["model"])
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.every == 0 or state.global_step >= state.max_steps:
-            self._record(state, kwargs["model"])
-
-
 @dataclass
-class RunConfig:
+class RunConfig(CourseConfig):
     """One fine-tuning run: `steps` optimizer steps of `batch_size`, constant lr after `warmup_steps`."""
+
+    error = ForgettingError
 
     steps: int = 200
     learning_rate: float = 1e-3
@@ -345,18 +277,12 @@ def finetune(model, tokenizer, texts: Sequence[str], measure: Callable[[Any], di
     Pass a LoRA-wrapped model (`peft_methods.apply_lora`) for LoRA. Each row: `label` + step + `measure(model)`;
     `start` (the base model's measured row) saves measuring the unchanged model again at step 0.
     """
-    from course_utils.train import causal_collator, tokenize_texts, training_args
-
     if len(texts) == 0:
         raise ForgettingError("finetune: no fine-tuning texts given")
     monitor = ForgettingMonitor(measure, config.eval_every, label, start)
-    args = training_args(max_steps=config.steps, learning_rate=config.learning_rate, seed=config.seed,
-                         data_seed=config.seed, per_device_train_batch_size=config.batch_size,
-                         warmup_steps=config.warmup_steps, logging_steps=max(config.steps, 1), weight_decay=0.0)
-    kwargs = dict(model=model, args=args, train_dataset=tokenize_texts(tokenizer, list(texts), config.max_length),
-                  data_collator=causal_collator(tokenizer), callbacks=[monitor])
-    trainer = EWCTrainer(**kwargs, **ewc) if ewc else Trainer(**kwargs)
-    trainer.remove_callback(PrinterCallback)  # the monitor's table replaces the printed loss dicts
+    args = config.training_arguments(logging_steps=max(config.steps, 1), weight_decay=0.0)
+    trainer = causal_lm_trainer(model, tokenizer, texts, args, [monitor], max_length=config.max_length,
+                                trainer_class=EWCTrainer if ewc else None, **(ewc or {}))
     trainer.train()
     return monitor.history
 
@@ -397,15 +323,13 @@ def run_method(base_model, tokenizer, method: str, new_texts: Sequence[str], mea
     """
     import copy
 
-    from course_utils.peft_methods import apply_lora
 
     if method not in METHODS:
         raise ForgettingError(f"unknown method {method!r}; choose one of {METHODS}")
     model, texts, ewc = copy.deepcopy(base_model), list(new_texts), None
     setting = ""
     if method == "rehearsal":
-        epochs = config.steps * config.batch_size // max(len(texts), 1) + 1
-        texts = mix_rehearsal(texts, list(old_texts), ratio, seed=config.seed, epochs=epochs)
+        texts = rehearsal_set(texts, old_texts, ratio, config.seed, config.steps, config.batch_size)
         setting = f"{ratio:.0%} old"
     elif method == "ewc":
         if fisher is None:

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from course_utils.errors import CourseError
+from course_utils.profiles import check_gpu_profile
+from course_utils.zoo import check_family
+
 
 LIBRARY_CALLS = {
     "transformers:BitsAndBytesConfig": ["load_in_4bit", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype",
@@ -66,7 +69,6 @@ def plan(family: str, gpu_memory_gb: float, method: str = "full", bf16_supported
 
     `bf16_supported` is False on a T4 (compute capability 7.5): it then trains in fp16 mixed precision.
     """
-    from course_utils.zoo import check_family
 
     check_family(family)
     if not gpu_memory_gb > 0:
@@ -89,7 +91,6 @@ def current_plan(family: str, method: str = "full") -> GpuPlan:
     """`plan` for the GPU torch sees now (the gpu profile)."""
     import torch
 
-    from course_utils.profiles import check_gpu_profile
 
     _, memory = check_gpu_profile()
     return plan(family, memory, method, bf16_supported=torch.cuda.is_bf16_supported())

@@ -22,8 +22,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from course_utils.config import CourseConfig
 from course_utils.errors import CourseError
-from course_utils.world import ANSWERS, ATTRIBUTES, QUESTIONS, RECALL_PROMPTS, Person
+from course_utils.evaluate import generate
+from course_utils.peft_methods import apply_lora
+from course_utils.profiles import seed_everything
+from course_utils.text import encode, model_device, pad_id
+from course_utils.train import causal_collator, tokenize_prompt_completion, tokenize_texts, with_finite_guard
+from course_utils.world import ANSWERS, ATTRIBUTES, Person, QUESTIONS, RECALL_PROMPTS
+from course_utils.zoo import count_parameters
+
 
 METHODS = ("full", "lora")
 # Other wordings of the four questions, never used for training: does an answer survive a change of question?
@@ -49,12 +57,14 @@ class InstructError(CourseError):
 
 
 @dataclass
-class TuneConfig:
-    """One fine-tuning run. `epochs`, when set, replaces `max_steps` (for same-epochs data-size comparisons)."""
+class TuneConfig(CourseConfig):
+    """One fine-tuning run. `epochs`, when set, replaces `steps` (for same-epochs data-size comparisons)."""
+
+    error = InstructError
 
     method: str = "full"          # "full" or "lora"
     learning_rate: float = 1e-4
-    max_steps: int = 100
+    steps: int = 100
     epochs: float | None = None
     batch_size: int = 16
     lora_r: int = 8
@@ -64,17 +74,9 @@ class TuneConfig:
     eval_every: int = 20                 # (checked every `eval_every` steps), and stop once it has and the run
     min_steps: int = 0                   # has done at least `min_steps` steps
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.method not in METHODS:
             raise InstructError(f"TuneConfig: method must be one of {METHODS}, got {self.method!r}")
-        if not self.learning_rate > 0:
-            raise InstructError(f"TuneConfig: learning_rate must be > 0, got {self.learning_rate}")
-        if self.epochs is None and self.max_steps < 1:
-            raise InstructError(f"TuneConfig: max_steps must be >= 1, got {self.max_steps}")
-        if self.epochs is not None and not self.epochs > 0:
-            raise InstructError(f"TuneConfig: epochs must be > 0, got {self.epochs}")
-        if self.format_target is not None and not 0 <= self.format_target <= 1:
-            raise InstructError(f"TuneConfig: format_target must be in [0, 1], got {self.format_target}")
 
 
 @dataclass
@@ -125,7 +127,6 @@ def finetune(base, tokenizer, rows: Sequence[dict], config: TuneConfig = TuneCon
     training stops once the target is reached and `config.min_steps` are done. One run thus gives a model at
     *matched task performance* (to compare methods fairly) and one after a fixed number of steps.
     """
-    from course_utils.train import tokenize_prompt_completion
 
     if len(rows) == 0:
         raise InstructError("finetune: no training rows given")
@@ -139,7 +140,6 @@ def finetune(base, tokenizer, rows: Sequence[dict], config: TuneConfig = TuneCon
 
 def continue_pretraining(base, tokenizer, texts: Sequence[str], config: TuneConfig = TuneConfig()) -> TuneResult:
     """A copy of `base` trained on plain `texts` (next-token loss on every token): how base models learn facts."""
-    from course_utils.train import tokenize_texts
 
     if len(texts) == 0:
         raise InstructError("continue_pretraining: no texts given")
@@ -149,10 +149,6 @@ def continue_pretraining(base, tokenizer, texts: Sequence[str], config: TuneConf
 def _train(base, tokenizer, data, config: TuneConfig, dev_rows: list) -> TuneResult:
     from transformers import Trainer, TrainerCallback
 
-    from course_utils.peft_methods import apply_lora
-    from course_utils.profiles import seed_everything
-    from course_utils.train import causal_collator, training_args
-    from course_utils.zoo import count_parameters
 
     history: list[dict] = []
     snapshot: dict = {}
@@ -180,12 +176,9 @@ def _train(base, tokenizer, data, config: TuneConfig, dev_rows: list) -> TuneRes
     if config.method == "lora":
         model = apply_lora(model, r=config.lora_r)
     trainable = count_parameters(model, trainable_only=True)
-    steps = dict(num_train_epochs=config.epochs, max_steps=-1) if config.epochs else dict(max_steps=config.max_steps)
-    args = training_args(per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
-                         warmup_steps=config.warmup_steps, seed=config.seed, data_seed=config.seed,
-                         logging_steps=10_000, weight_decay=0.0, **steps)
+    args = config.training_arguments(logging_steps=10_000, weight_decay=0.0)
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=causal_collator(tokenizer),
-                      callbacks=[FormatCheck()] if dev_rows else [])
+                      callbacks=with_finite_guard([FormatCheck()] if dev_rows else []))
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
@@ -205,15 +198,14 @@ def _choice_recall(model, tokenizer, prompts: Sequence[str], values: Sequence[st
     """
     import torch
 
-    from course_utils.train import encode
 
     ids = [tokenizer(f" {v}", add_special_tokens=False)["input_ids"] for v in values]
     if any(len(i) != 1 for i in ids):
         raise InstructError(f"_choice_recall: every value must be one token; got {dict(zip(values, ids))}")
     cand = torch.tensor([i[0] for i in ids])
     model.eval()
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = model_device(model)
+    pad = pad_id(tokenizer)
     hits = 0
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
@@ -276,7 +268,6 @@ def grade_answers(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 
     value, if valid for the attribute), `format_ok` (exactly the answer template, about the asked person, with a
     valid value and nothing after it) and `correct` (format_ok and the true value).
     """
-    from course_utils.evaluate import generate
 
     if len(rows) == 0:
         raise InstructError("grade_answers: no rows given")

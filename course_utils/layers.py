@@ -22,9 +22,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from course_utils.errors import CourseError, check_vocab
+from course_utils.peft_methods import transformer_blocks
+from course_utils.text import encode, model_device, pad_batch
+
 
 LIBRARY_CALLS = {
     "transformers:PreTrainedModel.set_attn_implementation": ["attn_implementation"],
@@ -61,12 +65,9 @@ def linear_cka(x, y) -> float:
 
 
 def _probe_batch(tokenizer, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from course_utils.evaluate import _pad_batch
-    from course_utils.train import encode
-
     if len(texts) == 0:
         raise LayerError("no probe texts given")
-    return _pad_batch([encode(tokenizer, t)[:max_length] for t in texts], tokenizer.pad_token_id)
+    return pad_batch([encode(tokenizer, t)[:max_length] for t in texts], tokenizer.pad_token_id)
 
 
 @torch.no_grad()
@@ -74,7 +75,7 @@ def hidden_states(model, tokenizer, texts: Sequence[str], max_length: int = 64) 
     """Per layer (embeddings, then each block), the hidden states of every real token: a list of (n_tokens, d)."""
     check_vocab(model, tokenizer, "hidden_states", error=LayerError)
     ids, mask = _probe_batch(tokenizer, texts, max_length)
-    device = next(model.parameters()).device
+    device = model_device(model)
     model.eval()
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
     keep = mask.bool().to(device)
@@ -104,7 +105,6 @@ def _submodule(name: str) -> str:
 
 def weight_change(model, reference) -> list[dict[str, float]]:
     """Relative weight change ||W - W_ref|| / ||W_ref|| per block: whole block, attention and MLP sub-modules."""
-    from course_utils.peft_methods import transformer_blocks
 
     blocks, ref_blocks = transformer_blocks(model), transformer_blocks(reference)
     if len(blocks) != len(ref_blocks):
@@ -139,7 +139,7 @@ def attention_maps(model, tokenizer, texts: Sequence[str], max_length: int = 64)
     this call and back afterwards.
     """
     ids, mask = _probe_batch(tokenizer, texts, max_length)
-    device = next(model.parameters()).device
+    device = model_device(model)
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")
     try:
@@ -242,27 +242,33 @@ def plot_layer_profiles(layer_rows, measures: Sequence[str] = tuple(MEASURES)):
     return fig
 
 
-def layer_findings(layer_rows, noisy: str = "label"):
-    """Half-by-half summary of each comparison, and the lesson's two layer claims for the `noisy` comparisons.
+def layer_findings(layer_rows, noisy: str = "label", inputs: Sequence[str] = ("typo", "grammar"),
+                   cka_gap: float = 0.05):
+    """The lesson's layer findings from per-layer comparisons: (paper claims, checks, half-by-half summary).
 
-    Change is 1 - CKA. Claims: (1) the upper half of the blocks changes more than the lower half; (2) attention
-    maps stay more similar to the reference than hidden states do (mean attention similarity > mean CKA).
-    Returns (checks, summary DataFrame).
+    Change is 1 - CKA. The paper's two claims, per family, for the `noisy` comparison: (1) the upper half of the
+    blocks changes more than the lower half; (2) attention maps stay more similar to the reference than hidden
+    states do (mean attention similarity > mean CKA). The check: `noisy` moves the hidden states further from the
+    reference than any of the `inputs` noise types (its lowest mean CKA at least `cka_gap` below theirs).
     """
-    import pandas as pd
-
     df = pd.DataFrame(layer_rows)
-    checks, summary = {}, []
-    for (family, comparison), rows in df.groupby(["family", "comparison"], sort=False):
-        rows = rows.sort_values("layer")
-        lower, upper = upper_vs_lower((1 - rows.cka).tolist())
-        w_lower, w_upper = upper_vs_lower(rows.weight_change.tolist())
-        summary.append({"family": family, "comparison": comparison, "1-CKA lower half": lower,
-                        "1-CKA upper half": upper, "weight change lower half": w_lower,
-                        "weight change upper half": w_upper, "mean CKA": rows.cka.mean(),
-                        "mean attention sim": rows.attention_sim.mean()})
-        if comparison.startswith(noisy):
-            checks[f"{family}: {comparison} changes the upper half more than the lower half"] = bool(upper > lower)
-            checks[f"{family}: {comparison}: attention maps stay closer to clean than hidden states"] = bool(
-                rows.attention_sim.mean() > rows.cka.mean())
-    return checks, pd.DataFrame(summary).set_index(["family", "comparison"])
+    claims, checks, summary = {}, {}, []
+    for family in dict.fromkeys(df.family):
+        part = df[df.family == family]
+        for comparison, rows in part.groupby("comparison", sort=False):
+            rows = rows.sort_values("layer")
+            lower, upper = upper_vs_lower((1 - rows.cka).tolist())
+            w_lower, w_upper = upper_vs_lower(rows.weight_change.tolist())
+            summary.append({"family": family, "comparison": comparison, "1-CKA lower half": lower,
+                            "1-CKA upper half": upper, "weight change lower": w_lower, "weight change upper": w_upper,
+                            "mean CKA": rows.cka.mean(), "mean attention sim": rows.attention_sim.mean()})
+            if comparison.startswith(noisy):
+                claims[f"{family}: {noisy} noise changes the upper half more than the lower half"] = bool(upper > lower)
+                claims[f"{family}: attention maps stay closer to clean than hidden states"] = bool(
+                    rows.attention_sim.mean() > rows.cka.mean())
+        mean_cka = part.groupby("comparison").cka.mean()
+        noisy_cka = mean_cka[[c for c in mean_cka.index if c.startswith(noisy)]].min()
+        input_cka = mean_cka[[c for c in mean_cka.index if c.startswith(tuple(inputs))]].min()
+        checks[f"{family}: {noisy} noise moves hidden states further than {' and '.join(inputs)} noise (mean CKA "
+               f"lower by >= {cka_gap:g})"] = bool(noisy_cka <= input_cka - cka_gap)
+    return claims, checks, pd.DataFrame(summary).set_index(["family", "comparison"])

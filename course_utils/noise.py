@@ -27,7 +27,12 @@ from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from course_utils.errors import CourseError, check_rows
+from course_utils import layers
+from course_utils.classify import ClassifierConfig, accuracy, load_classifier, train_classifier
+from course_utils.config import CourseConfig
+from course_utils.errors import CourseError, check_rate, check_rows
+from course_utils.world import ATTRIBUTES
+
 
 NOISE_TYPES = ("label", "grammar", "typo")
 LIBRARY_CALLS: dict[str, list[str]] = {}  # plain Python: no library entry points
@@ -63,17 +68,6 @@ class NoiseRecord:
 # shared checks and row selection
 
 
-def check_rate(rate: float, where: str, name: str = "rate") -> float:
-    """`rate` as a float in [0, 1], or a one-line error naming the function."""
-    try:
-        value = float(rate)
-    except (TypeError, ValueError):
-        raise NoiseError(f"{where}: {name} must be a number in [0, 1], got {rate!r}") from None
-    if not 0.0 <= value <= 1.0 or math.isnan(value):
-        raise NoiseError(f"{where}: {name} must be in [0, 1], got {rate!r}")
-    return value
-
-
 def _check_rows(rows: Sequence[dict[str, Any]], keys: Sequence[str], where: str) -> None:
     check_rows(rows, where, keys, error=NoiseError)
 
@@ -100,7 +94,7 @@ def flip_labels(rows: Sequence[dict[str, Any]], rate: float, seed: int = 0, labe
     from the other valid labels, so with two classes a flip is simply 0 <-> 1.
     """
     where = "flip_labels"
-    rate = check_rate(rate, where)
+    rate = check_rate(rate, where, error=NoiseError)
     _check_rows(rows, [label_key], where)
     valid = sorted(set(labels) if labels is not None else {r[label_key] for r in rows}, key=repr)
     bad = [i for i, r in enumerate(rows) if r[label_key] not in valid]
@@ -127,10 +121,9 @@ def flip_answers(rows: Sequence[dict[str, Any]], rate: float, seed: int = 0,
     Exactly round(rate * n) rows get a wrong `value`, and their `answer` sentence is rewritten to state it.
     `values` maps attribute -> valid values (default: `world.ATTRIBUTES`).
     """
-    from course_utils.world import ATTRIBUTES
 
     where = "flip_answers"
-    rate = check_rate(rate, where)
+    rate = check_rate(rate, where, error=NoiseError)
     _check_rows(rows, ["attribute", "value", "answer"], where)
     values = values or ATTRIBUTES
     for i, r in enumerate(rows):
@@ -194,8 +187,8 @@ def _corrupt_text(text: str, word_rate: float, rng: random.Random,
 def _apply_text_noise(kind: str, rows: Sequence[dict[str, Any]], rate: float, seed: int, word_rate: float,
                       text_key: str, edit) -> tuple[list[dict[str, Any]], NoiseRecord]:
     where = f"{kind}_noise"
-    rate = check_rate(rate, where)
-    word_rate = check_rate(word_rate, where, "word_rate")
+    rate = check_rate(rate, where, error=NoiseError)
+    word_rate = check_rate(word_rate, where, "word_rate", error=NoiseError)
     _check_rows(rows, [text_key], where)
     for i, r in enumerate(rows):
         if not isinstance(r[text_key], str):
@@ -308,7 +301,6 @@ def _keyboard_neighbours() -> dict[str, str]:
 
 
 KEYBOARD_NEIGHBOURS = _keyboard_neighbours()
-TYPO_ERRORS = ("swap", "drop", "double", "neighbour")
 
 
 def typo_edit(words: list[str], touched: set[int], rng: random.Random) -> bool:
@@ -377,8 +369,10 @@ def examples(record: NoiseRecord, n: int = 5) -> list[dict[str, Any]]:
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(CourseConfig):
     """One fine-tuning recipe for every cell of the grid: same data size, steps and hyper-parameters."""
+
+    error = NoiseError
 
     n_train: int = 240          # training reviews (noise is injected here only; the test set stays clean)
     n_test: int = 240
@@ -443,7 +437,6 @@ def train_noisy(family: str, train_rows: Sequence[dict[str, Any]], test_rows: Se
 
     from transformers import set_seed
 
-    from course_utils.classify import ClassifierConfig, accuracy, load_classifier, train_classifier
 
     kwargs = {} if kind == "label" else {"word_rate": config.word_rate}
     noisy, record = inject(train_rows, kind, rate, seed, **kwargs)
@@ -488,7 +481,7 @@ def plan_runs(families: Sequence[str], seeds: Sequence[int],
     for kind, rate in points:
         if kind not in NOISE_TYPES + (CLEAN,):
             raise NoiseError(f"plan_runs: unknown noise type {kind!r}; choose from {NOISE_TYPES + (CLEAN,)}")
-        check_rate(rate, "plan_runs")
+        check_rate(rate, "plan_runs", error=NoiseError)
     for family in families:
         runs += [Run(family, kind, float(rate), seed) for seed in seeds for kind, rate in points]
     return runs
@@ -522,7 +515,6 @@ def run_study(runs: Sequence[Run], train_rows: Sequence[dict[str, Any]], test_ro
     """
     from tqdm.auto import tqdm
 
-    from course_utils import layers
 
     results, layer_rows = [], []
     families = list(dict.fromkeys(r.family for r in runs))

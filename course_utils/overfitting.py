@@ -20,7 +20,15 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from course_utils import zoo
+from course_utils.config import CourseConfig, training_args
 from course_utils.errors import CourseError, check_rate
+from course_utils.evaluate import generate
+from course_utils.peft_methods import apply_lora
+from course_utils.train import causal_collator, tokenize_prompt_completion, with_finite_guard
+from course_utils.world import biography
+from course_utils.zoo import check_family
+
 
 LIBRARY_CALLS = {
     "transformers:EarlyStoppingCallback": ["early_stopping_patience", "early_stopping_threshold"],
@@ -65,11 +73,13 @@ class Setting:
 
 
 @dataclass
-class OverfitConfig:
+class OverfitConfig(CourseConfig):
     """The shared budget: every setting trains this many epochs on the same small set (unless stopped early).
 
     The default learning rates suit the tiny cpu-profile models; `for_profile("gpu")` gives the usual rates for
     hub checkpoints."""
+
+    error = OverfitError
 
     epochs: int = 12
     batch_size: int = 8
@@ -102,7 +112,6 @@ class BioTask:
 
     def dataset(self, tokenizer, people, max_length: int = 96):
         """Prompt/completion examples (loss on the biography only), one per person."""
-        from course_utils.train import tokenize_prompt_completion
 
         return tokenize_prompt_completion(tokenizer, [BIO_PROMPT.format(name=p.name) for p in people],
                                           [self.bios[p.name] for p in people], max_length)
@@ -113,7 +122,6 @@ def bio_task(world, n_train: int = 32, n_val: int = 32, n_test: int = 48, seed: 
     random stream, so no two people share their phrasing choices by construction)."""
     import random
 
-    from course_utils.world import biography
 
     people = list(world.seen)
     if min(n_train, n_val, n_test) < 1 or n_train + n_val + n_test > len(people):
@@ -129,7 +137,6 @@ def bio_task(world, n_train: int = 32, n_val: int = 32, n_test: int = 48, seed: 
 def biography_accuracy(model, tokenizer, people, max_new_tokens: int = 56) -> float:
     """The task metric: share of the 4 facts a greedy biography states correctly, counting only sentences that
     name the person (a biography that drifts into another person's facts earns nothing for them)."""
-    from course_utils.evaluate import generate
 
     if not people:
         raise OverfitError("biography_accuracy: no people given")
@@ -152,7 +159,6 @@ def dropout_overrides(family: str, p: float) -> dict[str, float]:
 
     GPT-2 drops out embeddings, residual branches and attention weights; Qwen2 and Llama only attention weights.
     Note the shipped GPT-2 was built with GPT-2's default 0.1, so 'no dropout' must be asked for explicitly."""
-    from course_utils.zoo import check_family
 
     check_family(family)
     check_rate(p, "dropout_overrides", "dropout", high_open=True, error=OverfitError)
@@ -164,13 +170,11 @@ def dropout_overrides(family: str, p: float) -> dict[str, float]:
 def overfit_args(setting: Setting, config: OverfitConfig, output_dir: str | None = None):
     """`TrainingArguments` that evaluate every epoch; with early stopping, also save the best checkpoint and load
     it at the end (`save_strategy="best"` writes a checkpoint only when the validation loss improves)."""
-    from course_utils.train import training_args
 
     early = setting.early_stopping_patience is not None
     lr = config.lora_learning_rate if setting.lora_rank else config.learning_rate
-    return training_args(output_dir, num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
-                         per_device_eval_batch_size=64, learning_rate=lr, weight_decay=setting.weight_decay,
-                         seed=config.seed, data_seed=config.seed, warmup_steps=0, lr_scheduler_type="constant",
+    return config.training_arguments(output_dir=output_dir, per_device_eval_batch_size=64, learning_rate=lr,
+                         weight_decay=setting.weight_decay, warmup_steps=0, lr_scheduler_type="constant",
                          eval_strategy="epoch", logging_strategy="epoch",
                          save_strategy="best" if early else "no", save_total_limit=1 if early else None,
                          load_best_model_at_end=early, metric_for_best_model=BEST_METRIC, greater_is_better=False)
@@ -194,8 +198,6 @@ def train_setting(setting: Setting, family: str, train_dataset, val_dataset, dat
     from transformers import AutoModelForSequenceClassification, EarlyStoppingCallback, Trainer, set_seed
     from transformers.trainer_callback import PrinterCallback
 
-    from course_utils import zoo
-    from course_utils.peft_methods import apply_lora
 
     set_seed(config.seed)   # the same initial head and adapter weights for every setting
     overrides = dropout_overrides(family, setting.dropout)
@@ -214,7 +216,7 @@ def train_setting(setting: Setting, family: str, train_dataset, val_dataset, dat
         logging.getLogger("transformers.trainer_callback").addFilter(_DropOtherSetWarning())
     trainer = Trainer(model=model, args=overfit_args(setting, config, output_dir), train_dataset=train_dataset,
                       eval_dataset={TRAIN: train_dataset, VAL: val_dataset}, data_collator=data_collator,
-                      callbacks=callbacks)
+                      callbacks=with_finite_guard(callbacks))
     trainer.remove_callback(PrinterCallback)   # the curves are plotted; no dict printed per epoch
     trainer.train()
     return trainer
@@ -271,7 +273,6 @@ def early_stopping_trace(val_losses: Sequence[float], patience: int, threshold: 
     A learner can try patience values on a made-up curve before spending compute on a real one."""
     from transformers import EarlyStoppingCallback, TrainerControl, TrainerState
 
-    from course_utils.train import training_args
 
     if patience < 1:
         raise OverfitError(f"early_stopping_trace: patience must be >= 1, got {patience}")
@@ -319,7 +320,6 @@ def plot_curves(curves_by_setting: Mapping[str, Sequence[Mapping[str, float]]],
 def run_setting(setting: Setting, family: str, task: BioTask, tokenizer, config: OverfitConfig = OverfitConfig()):
     """Train one setting on the biography task and measure it. Returns (row, curves, trainer): the row holds the
     curve summary (at the checkpoint the run ends with) and the task metric on the test people."""
-    from course_utils.train import causal_collator
 
     trainer = train_setting(setting, family, task.dataset(tokenizer, task.train), task.dataset(tokenizer, task.val),
                             causal_collator(tokenizer), config)

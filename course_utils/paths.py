@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 
 REPO_DIR = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(os.environ.get("COURSE_DATA_DIR", REPO_DIR / "data_samples"))
+# Made absolute once: a relative path from the environment must mean the same folder in a kernel whose working
+# directory is notebooks/ as in the shell that started it.
+DATA_DIR = Path(os.environ.get("COURSE_DATA_DIR", REPO_DIR / "data_samples")).expanduser().resolve()
 MODELS_DIR = DATA_DIR / "models"
 TOKENIZER_DIR = DATA_DIR / "tokenizer"
-RUNS_DIR = Path(os.environ.get("COURSE_RUNS_DIR", REPO_DIR / "runs"))
+RUNS_DIR = Path(os.environ.get("COURSE_RUNS_DIR", REPO_DIR / "runs")).expanduser().resolve()
 NOTEBOOKS_DIR = REPO_DIR / "notebooks"
 REPO_URL = "https://github.com/finetuning-course/llm-finetuning-course"

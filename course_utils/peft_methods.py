@@ -23,6 +23,7 @@ import warnings
 
 from course_utils.errors import CourseError, check_model, check_rate
 
+
 # Attention-only LoRA targets per family. GPT-2's `c_proj` also names an MLP layer (`mlp.c_proj`), so GPT-2 uses a
 # regex that matches only the attention block's matrices.
 LORA_TARGETS: dict[str, str | list[str]] = {

@@ -11,11 +11,11 @@ import numbers
 import os
 import platform
 import random
-import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 
 from course_utils.errors import CourseError
+
 
 PROFILES = ("cpu", "gpu")
 # The libraries whose versions the course pins (pyproject.toml) and reports.
@@ -35,6 +35,7 @@ class Environment:
     seed: int
     offline: bool
     threads: int
+    seeds: tuple[int, ...] = ()
     versions: dict[str, str] = field(default_factory=dict)
     gpu_name: str | None = None
     gpu_memory_gb: float | None = None
@@ -42,7 +43,7 @@ class Environment:
     def report(self) -> str:
         lines = [f"profile   {self.profile}  (set COURSE_PROFILE=cpu|gpu to change)",
                  f"device    {self.device}" + (f"  ({self.gpu_name}, {self.gpu_memory_gb:.0f} GB)" if self.gpu_name else ""),
-                 f"seed      {self.seed}",
+                 f"seeds     {', '.join(map(str, self.seeds or (self.seed,)))}  (set COURSE_SEEDS=5,6,7 to change)",
                  f"network   {'off (HF_HUB_OFFLINE=1): shipped tiny models only' if self.offline else 'hub allowed'}",
                  f"threads   {self.threads} CPU threads for torch",
                  f"python    {platform.python_version()} on {platform.system()} {platform.machine()}"]
@@ -78,10 +79,84 @@ def choose_profile(requested: str | None = None) -> str:
     return profile
 
 
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+def check_seed(seed, where: str = "seed") -> int:
+    """`seed` as a Python int in [0, 2**32) (numpy integers accepted), else a one-line `ProfileError`."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        raise ProfileError(f"{where}: seed must be an integer in [0, 2**32), got {seed!r}")
+    return int(seed)
+
+
+def lesson_seeds(seeds=None) -> tuple[int, ...]:
+    """The seeds a lesson runs over: `seeds`, else `COURSE_SEEDS` (e.g. "5,6,7"), else three by default."""
+    if seeds is None:
+        text = os.environ.get("COURSE_SEEDS", "").strip()
+        if not text:
+            return DEFAULT_SEEDS
+        try:
+            seeds = [int(part) for part in text.replace(" ", ",").split(",") if part]
+        except ValueError:
+            raise ProfileError(f"COURSE_SEEDS must be comma-separated integers like '5,6,7', got {text!r}") from None
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise ProfileError(f"seeds must be a list of integers, got {seeds!r}")
+    seeds = tuple(check_seed(s, "seeds") for s in seeds)
+    if not seeds:
+        raise ProfileError("seeds: at least one seed is needed (three or more for a verdict)")
+    if len(set(seeds)) != len(seeds):
+        raise ProfileError(f"seeds must differ from each other, got {list(seeds)}")
+    return seeds
+
+
+def busy_cores(seconds: float = 0.25) -> float:
+    """How many cores other processes kept busy over a short sample (Linux `/proc/stat`; 0.0 elsewhere)."""
+    import time
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        own0 = time.process_time()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+        own = time.process_time() - own0
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    cores = os.cpu_count() or 1
+    if total1 == total0:
+        return 0.0
+    busy_share = 1 - (idle1 - idle0) / (total1 - total0)
+    return max(0.0, busy_share * cores - own / seconds)
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Give torch as many CPU threads as there are free cores (or `threads`, or `COURSE_THREADS`).
+
+    torch's OpenMP workers spin while they wait for each other. On a quiet machine that is what makes two threads
+    fast; on a shared one, where another program holds a core, a spinning thread steals it and every step waits
+    for the slowest thread (measured here: a training loop 3.8x slower beside one busy process, against 1.0x with
+    one thread). So the thread count is the cores left free when the lesson starts, at least one.
+    """
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    wanted = threads or int(os.environ.get("COURSE_THREADS", "0") or 0)
+    if not wanted:
+        wanted = cores - int(busy_cores() + 0.5)
+    n = max(1, min(int(wanted), cores))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) so a run repeats exactly on the same machine."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
-        raise ProfileError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    seed = check_seed(seed)
     import numpy as np
     import torch
 
@@ -121,13 +196,17 @@ def check_gpu_profile() -> tuple[str, float]:
     return props.name, props.total_memory / 2**30
 
 
-def setup(profile: str | None = None, seed: int = 0, quiet: bool = False) -> Environment:
-    """Choose the profile and device, seed everything, set offline mode in the cpu profile, print a report."""
-    import torch
+def setup(profile: str | None = None, seed: int | None = None, quiet: bool = False, seeds=None) -> Environment:
+    """Choose the profile and device, pick the lesson's seeds, seed everything with the first, set offline mode
+    in the cpu profile, keep torch's threads within the machine's cores, and print a report.
+
+    `env.seeds` are the seeds the lesson runs over (three by default; `COURSE_SEEDS=5,6,7` overrides them for
+    every lesson); `env.seed` is the first of them, or `seed` when given.
+    """
     from transformers.utils import logging as hf_logging
 
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
-        raise ProfileError(f"setup: seed must be an integer in [0, 2**32), got {seed!r}")
+    chosen_seeds = lesson_seeds(seeds)
+    seed = check_seed(seed, "setup") if seed is not None else chosen_seeds[0]
     chosen = choose_profile(profile)
     gpu_name = gpu_mem = None
     if chosen == "gpu":
@@ -137,13 +216,10 @@ def setup(profile: str | None = None, seed: int = 0, quiet: bool = False) -> Env
     hf_logging.set_verbosity_error()  # keep notebooks readable: no config chatter, errors still raise
     hf_logging.disable_progress_bar()  # no "Loading weights" bars for a 1 M-parameter model
     env = Environment(profile=chosen, device="cuda" if chosen == "gpu" else "cpu", seed=seed,
-                      offline=chosen == "cpu", threads=torch.get_num_threads(),
+                      offline=chosen == "cpu", threads=configure_threads(), seeds=chosen_seeds,
                       versions={name: package_version(name) for name in REPORTED_PACKAGES},
                       gpu_name=gpu_name, gpu_memory_gb=gpu_mem)
     if not quiet:
         print(env.report())
     return env
 
-
-def in_colab() -> bool:
-    return "google.colab" in sys.modules

@@ -19,7 +19,6 @@ scikit-learn), as cleanlab's own tutorials do; the LLM is fine-tuned once on the
 from __future__ import annotations
 
 import hashlib
-import numbers
 import random
 import re
 import string
@@ -30,8 +29,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from course_utils.data import DataError, require_columns
-from course_utils.errors import check_count, check_rate
+from course_utils.classify import (ClassifierConfig, load_classifier, out_of_fold_probs, predict_proba,
+                                   train_classifier)
+from course_utils.data import DataError
+from course_utils.errors import check_count, check_rate, check_rows
+
 
 LIBRARY_CALLS = {
     "cleanlab.filter:find_label_issues": ["labels", "pred_probs", "filter_by"],
@@ -50,18 +52,9 @@ class QualityError(DataError):
     """Bad input to a data-quality helper: a rate outside [0, 1], empty rows, a missing field."""
 
 
-def _check_rate(name: str, value: float, where: str) -> None:
-    check_rate(value, where, name, error=QualityError)
-
-
 def _check_rows(rows: Sequence[dict[str, Any]], where: str, text_key: str = "text",
                 label_key: str | None = "label") -> None:
-    require_columns(rows, [text_key] + ([label_key] if label_key else []), where=where)
-    for i, row in enumerate(rows):
-        if not isinstance(row[text_key], str):
-            raise QualityError(f"{where} row {i}: {text_key!r} is {type(row[text_key]).__name__}, not str")
-        if label_key and (isinstance(row[label_key], bool) or not isinstance(row[label_key], numbers.Integral)):
-            raise QualityError(f"{where} row {i}: {label_key!r} is {row[label_key]!r}, not an integer class")
+    check_rows(rows, where, text_keys=[text_key], int_keys=[label_key] if label_key else [], error=QualityError)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -81,7 +74,7 @@ class CorruptionConfig:
 
     def __post_init__(self) -> None:
         for name in ("flip_rate", "duplicate_rate", "near_duplicate_rate", "contradiction_rate", "junk_rate"):
-            _check_rate(name, getattr(self, name), "CorruptionConfig")
+            check_rate(getattr(self, name), "CorruptionConfig", name, error=QualityError)
 
 
 BOILERPLATE = ["Click here to subscribe! Click here to subscribe! Click here to subscribe!",
@@ -179,7 +172,7 @@ def corrupt(rows: Sequence[dict[str, Any]], config: CorruptionConfig = Corruptio
 
 def corruption_summary(rows: Sequence[dict[str, Any]], label_key: str = "label") -> dict[str, Any]:
     """Rows per corruption kind, and the share of rows whose label is wrong (junk has no right label)."""
-    require_columns(rows, ["corruption", "true_label", label_key], where="corruption_summary")
+    check_rows(rows, "corruption_summary", keys=["corruption", "true_label", label_key], error=DataError)
     counts = Counter(r["corruption"] for r in rows)
     judged = [r for r in rows if r["true_label"] is not None]
     wrong = sum(int(r[label_key]) != r["true_label"] for r in judged)
@@ -226,7 +219,7 @@ def _split(rows: Sequence[dict[str, Any]], reasons: Sequence[str | None], step: 
     return kept, report
 
 
-def normalize_text(text: str) -> str:
+def normalise_text(text: str) -> str:
     """Unicode-normalised, lower-cased, punctuation stripped, whitespace collapsed: what 'the same text' means."""
     text = unicodedata.normalize("NFKC", text).casefold()
     text = re.sub(r"[^\w\s]", " ", text)
@@ -235,7 +228,7 @@ def normalize_text(text: str) -> str:
 
 def text_hash(text: str) -> str:
     """A short fingerprint of the normalised text: equal fingerprints = duplicates after normalisation."""
-    return hashlib.sha1(normalize_text(text).encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha1(normalise_text(text).encode("utf-8")).hexdigest()[:16]
 
 
 # A handful of English function words: real text has some; another language or junk usually has none.
@@ -258,8 +251,8 @@ class QualityRules:
     require_terminal_punctuation: bool = True  # a review that stops mid-sentence was truncated
 
     def __post_init__(self) -> None:
-        _check_rate("min_alpha_share", self.min_alpha_share, "QualityRules")
-        _check_rate("max_repeated_word_share", self.max_repeated_word_share, "QualityRules")
+        check_rate(self.min_alpha_share, "QualityRules", "min_alpha_share", error=QualityError)
+        check_rate(self.max_repeated_word_share, "QualityRules", "max_repeated_word_share", error=QualityError)
         if self.min_words < 0 or self.max_words < self.min_words:
             raise QualityError(f"QualityRules: need 0 <= min_words <= max_words, got {self.min_words}, "
                                f"{self.max_words}")
@@ -280,7 +273,7 @@ def rule_violation(text: str, rules: QualityRules = QualityRules()) -> str | Non
     ok = sum(c in string.ascii_letters or c in string.punctuation or c in string.digits for c in chars)
     if ok / len(chars) < rules.min_alpha_share:
         return f"encoding debris or foreign characters ({1 - ok / len(chars):.0%} odd characters)"
-    lower = [normalize_text(w) for w in words]
+    lower = [normalise_text(w) for w in words]
     top_word, top_count = Counter(lower).most_common(1)[0]
     if len(words) >= 6 and top_count / len(words) > rules.max_repeated_word_share:
         return f"repeated words ({top_word!r} x{top_count})"
@@ -333,7 +326,7 @@ def jaccard_matrix(texts: Sequence[str], ngram: int = 5):
     """
     from sklearn.feature_extraction.text import CountVectorizer
 
-    normed = [normalize_text(t) or "_" for t in texts]
+    normed = [normalise_text(t) or "_" for t in texts]
     sets = CountVectorizer(analyzer="char_wb", ngram_range=(ngram, ngram), binary=True,
                            lowercase=False).fit_transform(normed).astype(np.float32)
     inter = (sets @ sets.T).toarray()
@@ -346,7 +339,7 @@ def drop_near_duplicates(rows: Sequence[dict[str, Any]], threshold: float = 0.8,
                          text_key: str = "text") -> tuple[list[dict[str, Any]], StepReport]:
     """Drop a row when its character n-gram Jaccard similarity to an earlier kept row is at least `threshold`."""
     _check_rows(rows, "drop_near_duplicates", text_key, label_key=None)
-    _check_rate("threshold", threshold, "drop_near_duplicates")
+    check_rate(threshold, "drop_near_duplicates", "threshold", error=QualityError)
     sim = jaccard_matrix([r[text_key] for r in rows], ngram)
     kept = np.zeros(len(rows), dtype=bool)
     reasons: list[str | None] = []
@@ -361,41 +354,6 @@ def drop_near_duplicates(rows: Sequence[dict[str, Any]], threshold: float = 0.8,
     return _split(rows, reasons, "near duplicates")
 
 
-def out_of_fold_probs(rows: Sequence[dict[str, Any]], n_folds: int = 5, seed: int = 0, C: float | None = None,
-                      Cs: Sequence[float] = (0.03, 0.1, 0.3, 1.0, 3.0), text_key: str = "text",
-                      label_key: str = "label") -> np.ndarray:
-    """Predicted class probabilities for every row from a model that never saw that row (K-fold).
-
-    Cheap features on purpose: word counts and logistic regression train K times in well under a second, where
-    K fine-tunes of the LLM would take minutes. Confident learning needs probabilities that are *out of fold*: a
-    model that trained on a mislabelled row has memorised its wrong label and would not flag it. For the same
-    reason the model must not be too flexible: with `C=None` the regularisation strength is chosen from `Cs` by
-    out-of-fold log-loss on the given (noisy) labels, which needs no knowledge of which labels are wrong.
-    """
-    from sklearn.feature_extraction.text import CountVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-
-    _check_rows(rows, "out_of_fold_probs", text_key, label_key)
-    labels = np.array([int(r[label_key]) for r in rows])
-    counts = np.bincount(labels)
-    if len(counts) < 2 or counts.min() < n_folds:
-        raise QualityError(f"out_of_fold_probs: every class needs at least n_folds={n_folds} rows, "
-                           f"got counts {counts.tolist()}")
-    texts = [r[text_key] for r in rows]
-    cv = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    best = None
-    for c in ([C] if C is not None else Cs):
-        model = make_pipeline(CountVectorizer(lowercase=True), LogisticRegression(C=c, max_iter=2000))
-        probs = cross_val_predict(model, texts, labels, cv=cv, method="predict_proba")
-        loss = log_loss(labels, probs)
-        if best is None or loss < best[0]:
-            best = (loss, probs)
-    return best[1]
-
-
 def find_label_issues(rows: Sequence[dict[str, Any]], pred_probs: np.ndarray, label_key: str = "label",
                       filter_by: str = "prune_by_noise_rate") -> np.ndarray:
     """Boolean mask of rows whose given label is likely wrong, by confident learning (`cleanlab`).
@@ -405,7 +363,7 @@ def find_label_issues(rows: Sequence[dict[str, Any]], pred_probs: np.ndarray, la
     """
     from cleanlab.filter import find_label_issues as cl_find_label_issues
 
-    require_columns(rows, [label_key], where="find_label_issues")
+    check_rows(rows, "find_label_issues", keys=[label_key], error=DataError)
     probs = np.asarray(pred_probs, dtype=float)
     if probs.ndim != 2 or probs.shape[0] != len(rows):
         raise QualityError(f"find_label_issues: pred_probs has shape {probs.shape}, expected ({len(rows)}, classes)")
@@ -462,7 +420,7 @@ def removal_table(reports: Sequence[StepReport]) -> list[dict[str, Any]]:
 
 def label_error_mask(rows: Sequence[dict[str, Any]], label_key: str = "label") -> np.ndarray:
     """True where the row's label differs from its known true label (junk rows, with no true label, are False)."""
-    require_columns(rows, ["true_label", label_key], where="label_error_mask")
+    check_rows(rows, "label_error_mask", keys=["true_label", label_key], error=DataError)
     return np.array([r["true_label"] is not None and int(r[label_key]) != int(r["true_label"]) for r in rows])
 
 
@@ -520,7 +478,7 @@ def eda(text: str, rng: random.Random, alpha: float = 0.1, synonyms: dict[str, l
 
     The four operations of Wei & Zou (2019); `alpha` is the share of words each operation touches.
     """
-    _check_rate("alpha", alpha, "eda")
+    check_rate(alpha, "eda", "alpha", error=QualityError)
     words = text.split()
     if not words:
         return text
@@ -553,7 +511,7 @@ def augment(rows: Sequence[dict[str, Any]], copies: int = 1, alpha: float = 0.1,
     """
     _check_rows(rows, "augment", text_key, label_key=None)
     check_count(copies, "augment", "copies", error=QualityError)
-    _check_rate("alpha", alpha, "augment")
+    check_rate(alpha, "augment", "alpha", error=QualityError)
     rng = random.Random(seed)
     out = [dict(r, augmented=False) for r in rows]
     for r in rows:
@@ -575,7 +533,6 @@ def train_and_score(train_rows: Sequence[dict[str, Any]], test_rows: Sequence[di
     (model, tokenizer, {"accuracy", "log_loss"}); log-loss (mean -log p(true label)) still moves when accuracy is
     near 1. Test labels must be the true ones.
     """
-    from course_utils.classify import ClassifierConfig, load_classifier, predict_proba, train_classifier
 
     _check_rows(train_rows, "train_and_score (train)", label_key=label_key)
     _check_rows(test_rows, "train_and_score (test)", label_key=label_key)

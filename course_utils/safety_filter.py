@@ -13,16 +13,21 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from course_utils.alignment import AlignmentError, classifier_from
-from course_utils.classify import ClassifierConfig, predict_proba, train_classifier
-from course_utils.data import require_columns
+from course_utils.classify import ClassifierConfig, classifier_from, predict_proba, train_classifier
+from course_utils.data import DataError
+from course_utils.errors import CourseError, check_rows
+
 
 LIBRARY_CALLS: dict[str, list[str]] = {}  # all library calls go through course_utils.classify
 
 
+class SafetyFilterError(CourseError, ValueError):
+    """A threshold outside [0, 1] or no requests to score."""
+
+
 def filter_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Classifier rows from safety requests: text = the request, label 1 = unsafe."""
-    require_columns(rows, ["prompt", "safe"], where="filter_rows")
+    check_rows(rows, "filter_rows", keys=["prompt", "safe"], error=DataError)
     return [{"text": r["prompt"], "label": int(not r["safe"])} for r in rows]
 
 
@@ -36,12 +41,12 @@ class SafetyFilter:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
-            raise AlignmentError(f"SafetyFilter: threshold must be in [0, 1], got {self.threshold}")
+            raise SafetyFilterError(f"SafetyFilter: threshold must be in [0, 1], got {self.threshold}")
 
     def scores(self, prompts: Sequence[str]) -> np.ndarray:
         """Probability that each request is unsafe."""
         if len(prompts) == 0:
-            raise AlignmentError("SafetyFilter.scores: no prompts given")
+            raise SafetyFilterError("SafetyFilter.scores: no prompts given")
         return predict_proba(self.model, self.tokenizer, [{"text": p} for p in prompts])[:, 1]
 
     def blocks(self, prompts: Sequence[str]) -> list[bool]:
@@ -64,7 +69,7 @@ def filter_metrics(safety_filter: SafetyFilter, rows: Sequence[dict[str, Any]]) 
     blocked = np.array(safety_filter.blocks([r["text"] for r in labelled]))
     unsafe = np.array([r["label"] == 1 for r in labelled])
     if unsafe.all() or not unsafe.any():
-        raise AlignmentError("filter_metrics: need both safe and unsafe requests")
+        raise SafetyFilterError("filter_metrics: need both safe and unsafe requests")
     tp = int((blocked & unsafe).sum())
     return {"precision": tp / max(int(blocked.sum()), 1), "recall": tp / int(unsafe.sum()),
             "false_positive_rate": float((blocked & ~unsafe).sum() / (~unsafe).sum())}

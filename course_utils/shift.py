@@ -29,7 +29,8 @@ from typing import Mapping, Sequence
 import torch
 
 from course_utils.errors import CourseError
-from course_utils.train import encode
+from course_utils.text import chat_turn, encode, model_device, pad_batch, pad_id
+
 
 CLASSES = ("unshifted", "marginal", "shifted")
 CLASS_COLOURS = {"unshifted": "#d9ead3", "marginal": "#fce5a0", "shifted": "#f4a6a6"}
@@ -37,8 +38,6 @@ CLASS_COLOURS = {"unshifted": "#d9ead3", "marginal": "#fce5a0", "shifted": "#f4a
 LIBRARY_CALLS = {
     # generate() takes its settings through **kwargs; api_contract checks them on GenerationConfig
     "transformers:GenerationMixin.generate": [],
-    "transformers:PreTrainedTokenizerBase.apply_chat_template": ["conversation", "tokenize",
-                                                                 "add_generation_prompt"],
     "ipywidgets:Dropdown": [],
     "ipywidgets:HTML": [],
 }
@@ -78,31 +77,11 @@ def check_compatible(base, tuned, tokenizer, tuned_tokenizer=None) -> int:
     return vb
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _pad(seqs: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        sl = slice(width - len(s), width) if left else slice(0, len(s))
-        ids[i, sl] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, sl] = 1
-    return ids, mask
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
 def prompt_text(tokenizer, prompt: str, chat: bool) -> str:
     """The text a prompt becomes: itself, or with `chat=True` a user turn in the tokenizer's chat template."""
     if not chat:
         return prompt
-    return tokenizer.apply_chat_template(conversation=[{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
+    return chat_turn(tokenizer, prompt)
 
 
 @torch.no_grad()
@@ -110,11 +89,11 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
                    chat: bool = False) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, answer ids) per prompt: the model's greedy answer, cut after its first EOS (kept)."""
     model.eval()
-    device, pad, eos = _device(model), _pad_id(tokenizer), tokenizer.eos_token_id
+    device, pad, eos = model_device(model), pad_id(tokenizer), tokenizer.eos_token_id
     out = []
     for start in range(0, len(prompts), batch_size):
         seqs = [encode(tokenizer, prompt_text(tokenizer, p, chat)) for p in prompts[start:start + batch_size]]
-        ids, mask = _pad(seqs, pad, left=True)
+        ids, mask = pad_batch(seqs, pad, left=True)
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                              max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
         for seq, row in zip(seqs, gen[:, ids.shape[1]:].tolist()):
@@ -133,11 +112,11 @@ def _compare(base, tuned, tokenizer, items: Sequence[tuple[list[int], int]], cho
     """
     base.eval()
     tuned.eval()
-    dev_b, dev_t, pad = _device(base), _device(tuned), _pad_id(tokenizer)
+    dev_b, dev_t, pad = model_device(base), model_device(tuned), pad_id(tokenizer)
     rows: list[dict] = []
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
-        ids, mask = _pad([s for s, _ in batch], pad, left=False)
+        ids, mask = pad_batch([s for s, _ in batch], pad, left=False)
         logits_b = base(input_ids=ids.to(dev_b), attention_mask=mask.to(dev_b)).logits
         logits_t = tuned(input_ids=ids.to(dev_t), attention_mask=mask.to(dev_t)).logits.to(dev_b)
         if logits_b.shape[-1] != logits_t.shape[-1]:
@@ -285,9 +264,9 @@ def top_shifted_tokens(table, n: int = 10, classes: Sequence[str] = ("shifted",)
     return out
 
 
-def summarize(table) -> dict[str, float]:
+def summarise(table) -> dict[str, float]:
     """One row for a method: class shares, mean / median / q90 KL (both directions), mean base probability."""
-    _check_table(table, "summarize")
+    _check_table(table, "summarise")
     shares = table["shift_class"].value_counts(normalize=True)
     return {"tokens": int(len(table)),
             **{f"share_{c}": float(shares.get(c, 0.0)) for c in CLASSES},

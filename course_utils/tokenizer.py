@@ -10,6 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+from course_utils.errors import CourseError
+
+
 BOS_EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -27,7 +30,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from course_utils.errors import CourseError
 
     texts = list(texts)
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
@@ -54,7 +56,6 @@ def load_tokenizer(path: str | Path):
     """Load a saved course tokenizer (or any fast tokenizer folder) without touching the network."""
     from transformers import AutoTokenizer
 
-    from course_utils.errors import CourseError
 
     path = Path(path)
     if not (path / "tokenizer.json").is_file():

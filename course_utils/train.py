@@ -6,42 +6,26 @@ they will use on real models. This module only fixes the defaults that matter fo
 
 from __future__ import annotations
 
-import tempfile
+import math
+import numbers
+import random
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from transformers import TrainerCallback
+
+from course_utils.config import TrainingSettingsError, training_args
 from course_utils.data import DataError
 from course_utils.errors import CourseError
-
-class TrainingSettingsError(CourseError, ValueError):
-    """Training arguments that `TrainingArguments` would refuse (or silently misuse)."""
+from course_utils.paths import RUNS_DIR
+from course_utils.text import encode
 
 
 LIBRARY_CALLS = {
     "transformers:TrainingArguments": ["save_steps", "save_total_limit", "save_only_model"],
     "transformers:Trainer.train": ["resume_from_checkpoint"],
 }
-
-
-def bos_id(tokenizer) -> int:
-    """The id every sequence starts with: BOS where the tokenizer has one, else EOS (Qwen2 has no BOS).
-
-    A fixed first token matters: without it, the first position's prediction is noise that dominates
-    distribution-shift measurements (LIBRARY_NOTES: about 8 nats of KL).
-    """
-    tid = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if tid is None:
-        raise DataError(f"tokenizer {type(tokenizer).__name__} has neither a BOS nor an EOS token")
-    return tid
-
-
-def encode(tokenizer, text: str, add_bos: bool = True, add_eos: bool = False) -> list[int]:
-    """Token ids of `text` with the course's conventions: BOS first, optional EOS last, no other specials."""
-    if not isinstance(text, str):
-        raise DataError(f"encode: text is {type(text).__name__} ({text!r:.40}), not str")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ([bos_id(tokenizer)] if add_bos else []) + ids + ([tokenizer.eos_token_id] if add_eos else [])
 
 
 def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int = 128):
@@ -61,7 +45,11 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int = 128):
 
 def tokenize_prompt_completion(tokenizer, prompts: Sequence[str], completions: Sequence[str],
                                max_length: int = 128):
-    """Examples whose loss covers only the completion (labels -100 on the prompt): 'answer-only' fine-tuning."""
+    """Examples whose loss covers only the completion (labels -100 on the prompt): 'answer-only' fine-tuning.
+
+    Truncation to `max_length` cuts the end, i.e. the completion; an example whose prompt alone fills
+    `max_length` would keep no label at all, so it is refused (`DataError` naming it) rather than trained on.
+    """
     from datasets import Dataset
 
     if len(prompts) != len(completions):
@@ -73,9 +61,12 @@ def tokenize_prompt_completion(tokenizer, prompts: Sequence[str], completions: S
             raise DataError(f"tokenize_prompt_completion: example {i} has a {type(prompt).__name__} prompt and a "
                             f"{type(completion).__name__} completion; both must be str")
     rows = []
-    for prompt, completion in zip(prompts, completions):
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
         p = encode(tokenizer, prompt)
         c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(p) >= max_length:  # every label would be -100: the Trainer would log a loss of 0 and learn nothing
+            raise DataError(f"tokenize_prompt_completion: example {i}'s prompt is {len(p)} tokens, so max_length="
+                            f"{max_length} leaves no completion token to learn from; shorten it or raise max_length")
         ids = (p + c)[:max_length]
         labels = ([-100] * len(p) + c)[:max_length]
         rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
@@ -94,53 +85,12 @@ def causal_collator(tokenizer):
     return collate
 
 
-def training_args(output_dir: str | None = None, **overrides):
-    """`TrainingArguments` with course defaults: no reporting, no checkpoints unless asked, CPU when no GPU.
-
-    Pass any `TrainingArguments` keyword to override. The defaults keep a notebook's run short and quiet.
-    """
-    import inspect
-    import math
-    import numbers
-
-    import torch
-    import transformers
-    from transformers import TrainingArguments
-
-    defaults: dict[str, Any] = dict(
-        output_dir=output_dir or tempfile.mkdtemp(prefix="course-run-"),
-        report_to="none", save_strategy="no", logging_strategy="steps", logging_steps=50,
-        per_device_train_batch_size=16, learning_rate=5e-4, lr_scheduler_type="constant_with_warmup",
-        warmup_steps=10, seed=0, data_seed=0, use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0, disable_tqdm=True, remove_unused_columns=False)
-    defaults.update(overrides)
-    known = inspect.signature(TrainingArguments).parameters
-    unknown = sorted(k for k in overrides if k not in known)
-    if unknown:
-        raise TrainingSettingsError(f"training_args: unknown TrainingArguments keyword(s) {unknown} "
-                                    f"(renamed in transformers {transformers.__version__}?)")
-    for key in ("learning_rate", "num_train_epochs"):
-        value = defaults[key] if key in defaults else None
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0
-                                  or math.isnan(value)):
-            raise TrainingSettingsError(f"training_args: {key} must be a positive number, got {value!r}")
-    batch = defaults["per_device_train_batch_size"]
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise TrainingSettingsError(f"training_args: per_device_train_batch_size must be a positive integer, "
-                                    f"got {batch!r}")
-    try:
-        return TrainingArguments(**defaults)
-    except ValueError as err:  # transformers' own consistency checks: keep the message, drop the traceback
-        raise TrainingSettingsError(f"training_args: {str(err).strip().splitlines()[0]}") from None
-
-
 def run_dir(lesson: str, name: str | None = None, root: str | Path | None = None) -> Path:
     """A run-specific folder `runs/checkpoints/<lesson>/<name>` (name defaults to a UTC timestamp).
 
     Checkpoints of one run never land in another run's folder, so nothing a learner trained is overwritten
     silently; pass the same `name` again to resume that run.
     """
-    from course_utils.paths import RUNS_DIR
 
     if not isinstance(lesson, str) or not lesson.strip() or "/" in lesson:
         raise CourseError(f"run_dir: lesson must be a non-empty name without '/', got {lesson!r}")
@@ -190,3 +140,146 @@ def train_with_resume(trainer):
         raise CourseError("train_with_resume: the trainer saves no checkpoints (save_strategy='no'); "
                           "build its arguments with resumable_training_args(...)")
     return trainer.train(resume_from_checkpoint=last_checkpoint(trainer.args.output_dir))
+
+
+# ---------------------------------------------------------------------------------------------------- rehearsal
+def rehearsal_count(n_new: int, ratio: float) -> int:
+    """How many old examples make `ratio` of a set that holds `n_new` new ones: round(ratio * n_new / (1 - ratio))."""
+    if not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0.0 <= ratio < 1.0:
+        raise TrainingSettingsError(f"rehearsal ratio must be in [0, 1) (the share of old data in the mix), got {ratio!r}; "
+                              f"1.0 would leave no room for the new data")
+    return int(round(ratio * n_new / (1.0 - ratio)))
+
+
+def mix_rehearsal(new: Sequence[Any], old: Sequence[Any], ratio: float, seed: int = 0, epochs: int = 1) -> list[Any]:
+    """The fine-tuning set with rehearsal: every new example once per epoch, plus old examples making up `ratio`.
+
+    `ratio` is the share of *old* examples in each epoch (0.05 = 5 % replay, as in Ibrahim et al. 2024). The old
+    examples are drawn without replacement from a seeded shuffle of `old`, continuing across epochs, so a long run
+    rehearses many different old examples instead of repeating a few. Each epoch is shuffled; the result is the
+    same list for the same seed. The old share is exact up to rounding to a whole example (within 0.5 / epoch size).
+    """
+    if len(new) == 0:
+        raise TrainingSettingsError("mix_rehearsal: the new (fine-tuning) data is empty")
+    if epochs < 1:
+        raise TrainingSettingsError(f"mix_rehearsal: epochs must be >= 1, got {epochs}")
+    n_old = rehearsal_count(len(new), ratio)
+    if ratio > 0 and len(old) == 0:
+        raise TrainingSettingsError(f"mix_rehearsal: ratio {ratio} asks for old examples but the original data is empty")
+    rng = random.Random(seed)
+    order: list[int] = []
+    mixed: list[Any] = []
+    for _ in range(epochs):
+        picks = []
+        while len(picks) < n_old:  # walk through shuffled copies of `old`, so repeats come only after all were used
+            if not order:
+                order = list(range(len(old)))
+                rng.shuffle(order)
+            picks.append(old[order.pop()])
+        epoch = list(new) + picks
+        rng.shuffle(epoch)
+        mixed += epoch
+    return mixed
+
+
+# ---------------------------------------------------------------------------------------------------- monitoring
+class ForgettingMonitor(TrainerCallback):
+    """Calls `measure(model)` before training and every `every` steps (and at the last); rows land in `history`.
+
+    `start`, if given, is the already-measured base model's row, used for step 0 instead of measuring it again.
+    """
+
+    def __init__(self, measure: Callable[[Any], dict[str, float]], every: int, label: Mapping[str, Any] = (),
+                 start: Mapping[str, float] | None = None):
+        if every < 1:
+            raise TrainingSettingsError(f"ForgettingMonitor: every must be >= 1, got {every}")
+        self.measure, self.every, self.label, self.start = measure, every, dict(label), start
+        self.history: list[dict[str, Any]] = []
+
+    def _record(self, state, model) -> None:
+        was_training = model.training
+        self.history.append({**self.label, "step": state.global_step, **self.measure(model)})
+        model.train(was_training)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.start is not None:
+            self.history.append({**self.label, "step": state.global_step, **self.start})
+        else:
+            self._record(state, kwargs["model"])
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step >= state.max_steps:
+            self._record(state, kwargs["model"])
+
+
+def rehearsal_set(new: Sequence[Any], old: Sequence[Any], ratio: float, seed: int, steps: int,
+                  batch_size: int) -> list[Any]:
+    """`mix_rehearsal` with enough epochs for a run of `steps` batches of `batch_size`: the set a rehearsal run
+    trains on, whichever lesson runs it."""
+    return mix_rehearsal(list(new), list(old), ratio, seed=seed, epochs=steps * batch_size // max(len(new), 1) + 1)
+
+
+# ---------------------------------------------------------------------------------------------------- the guard
+class FiniteGuard(TrainerCallback):
+    """Stops training that produced NaN or inf: a too-high learning rate diverges silently otherwise.
+
+    On each log it checks the loss and the gradient norm (the loss alone is not enough: `Trainer` replaces a NaN
+    loss by the average of earlier ones in its logs, `logging_nan_inf_filter`); at the end of training it checks
+    every trainable weight (once, so it costs nothing per step), so no metric is ever reported for a model whose
+    weights are NaN. It only reads numbers: it draws no random numbers and changes nothing, so valid runs give the
+    same results. Under fp16 mixed precision an inf gradient norm is normal (the loss scaler skips that step), so
+    it is not checked there; the weights still are.
+    """
+
+    LOGGED = ("loss", "train_loss", "grad_norm")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in self.LOGGED:
+            value = (logs or {}).get(key)
+            if key == "grad_norm" and getattr(args, "fp16", False):
+                continue
+            if isinstance(value, numbers.Real) and not math.isfinite(value):
+                raise TrainingSettingsError(
+                    f"FiniteGuard: training logged {key}={value} at step {state.global_step} (learning rate "
+                    f"{args.learning_rate}); the run diverged, so lower the learning rate or check the data")
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        bad = non_finite_weights(model) if model is not None else []
+        if bad:
+            raise TrainingSettingsError(
+                f"FiniteGuard: after {state.global_step} steps {len(bad)} trainable weight tensor(s) are NaN or inf "
+                f"(first: {bad[0]}; learning rate {args.learning_rate}); lower the learning rate and train again")
+
+
+def non_finite_weights(model) -> list[str]:
+    """Names of the trainable parameters that hold a NaN or an inf (empty for a healthy model)."""
+    import torch
+
+    return [name for name, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+
+
+def with_finite_guard(callbacks: Sequence[Any] = ()) -> list[Any]:
+    """`callbacks` plus a `FiniteGuard`, unless one is already there: what the course's trainers are built with."""
+    callbacks = list(callbacks)
+    return callbacks if any(isinstance(c, FiniteGuard) for c in callbacks) else [*callbacks, FiniteGuard()]
+
+
+# ---------------------------------------------------------------------------------------------------- the trainer
+def causal_lm_trainer(model, tokenizer, texts: Sequence[str], args, callbacks: Sequence[Any] = (),
+                      eval_texts: Sequence[str] | None = None, max_length: int = 96, trainer_class=None,
+                      **trainer_kwargs):
+    """A `Trainer` (or `trainer_class`, e.g. an EWC subclass) that fine-tunes a causal LM on plain `texts`.
+
+    Every lesson that continues a language model on text builds its trainer here: examples are BOS + text + EOS
+    cut to `max_length`, padding is masked out of the loss, `eval_texts` (if given) are the validation set, and
+    the printed loss dicts are switched off because each lesson shows its own measured table instead, and a
+    `FiniteGuard` stops a run whose loss or weights become NaN or inf.
+    """
+    from transformers import PrinterCallback, Trainer
+
+    trainer = (trainer_class or Trainer)(
+        model=model, args=args, train_dataset=tokenize_texts(tokenizer, list(texts), max_length),
+        eval_dataset=tokenize_texts(tokenizer, list(eval_texts), max_length) if eval_texts else None,
+        data_collator=causal_collator(tokenizer), callbacks=with_finite_guard(callbacks), **trainer_kwargs)
+    trainer.remove_callback(PrinterCallback)
+    return trainer

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from course_utils.data import read_jsonl, write_jsonl
 from course_utils.errors import CourseError
 
 
@@ -186,6 +187,17 @@ class World:
         return [p for p in self.people if p.heldout]
 
 
+def sample_world(world: World, n_seen: int, n_heldout: int, seed: int) -> World:
+    """The same world with a seeded random sample of its seen and held-out people: what a lesson evaluates on in
+    one seed, so that a finding must hold for other people, not only for the ones it was first seen on."""
+    rng = random.Random(seed)
+    seen, held = world.seen, world.heldout
+    if not 0 < n_seen <= len(seen) or not 0 <= n_heldout <= len(held):
+        raise WorldError(f"sample_world: asked for {n_seen} seen and {n_heldout} held-out people; the world has "
+                         f"{len(seen)} and {len(held)}")
+    return replace(world, people=rng.sample(seen, n_seen) + rng.sample(held, n_heldout))
+
+
 def make_world(config: WorldConfig = WorldConfig()) -> World:
     """Draw people, cities and companies; attributes are independent and uniform, so chance recall is 1/12."""
     rng = random.Random(config.seed)
@@ -348,7 +360,6 @@ def people_rows(world: World) -> list[dict[str, Any]]:
 
 def write_world(out_dir: str | Path, config: WorldConfig = WorldConfig()) -> list[Path]:
     """Generate every data file of the world into `out_dir` (byte-identical for the same config)."""
-    from course_utils.data import write_jsonl
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -361,16 +372,8 @@ def write_world(out_dir: str | Path, config: WorldConfig = WorldConfig()) -> lis
     return paths
 
 
-def load_people(data_dir: str | Path) -> list[Person]:
-    """The people of a written world, as `Person` objects."""
-    from course_utils.data import read_jsonl
-
-    return [Person(**row) for row in read_jsonl(Path(data_dir) / "people.jsonl")]
-
-
 def summary_table(data_dir: str | Path) -> list[dict[str, Any]]:
     """Rows per shipped data file, with what each is for (the stats table of lesson 00)."""
-    from course_utils.data import read_jsonl
 
     purpose = {
         "people.jsonl": "every person and their four facts (held-out flag)",

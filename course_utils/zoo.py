@@ -10,18 +10,22 @@ The three families differ in ways that matter for fine-tuning later:
 
 In the `cpu` profile each family is a ~1 M-parameter model pretrained by `course build` on the world corpus and
 shipped as safetensors in `data_samples/models/<family>/`; in the `gpu` profile it is a real hub checkpoint.
+A local folder is checked before any model is built (`check_folder`): its config must be its folder's family and
+agree with the shapes in the safetensors header, so a damaged or mismatched file is one line naming it.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass
+import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from course_utils.errors import CourseError, check_model
 from course_utils.paths import MODELS_DIR
+from course_utils.profiles import choose_profile
+
 
 FAMILIES = ("gpt2", "qwen2", "llama")
 # The gpu profile's checkpoints: ungated, same architectures. SmolLM2 is a Llama-architecture model that needs no
@@ -38,7 +42,7 @@ ARCHITECTURE_NOTES = {
 
 
 class ZooError(CourseError):
-    """Unknown family, missing shipped model, or a hub model that cannot be fetched."""
+    """Unknown family; a missing, damaged or mismatched model folder; or a hub model that cannot be fetched."""
 
 
 @dataclass(frozen=True)
@@ -98,73 +102,6 @@ def count_parameters(model, trainable_only: bool = False) -> int:
     return total
 
 
-@dataclass
-class PretrainConfig:
-    """How `course build` pretrains a tiny model: until every attribute of the seen people is recalled."""
-
-    batch_size: int = 32
-    learning_rate: float = 5e-3
-    warmup_steps: int = 30
-    max_steps: int = 3000
-    decay_steps: int = 1000       # warmup-stable-decay's final cosine decay; 0 keeps the rate constant
-    eval_every: int = 200
-    target_recall: float = 0.95   # stop once every attribute's recall on the seen people reaches this
-    seed: int = 0
-    max_length: int = 96
-
-
-def pretrain(model, tokenizer, texts: list[str], people, config: PretrainConfig = PretrainConfig(),
-             log: Callable[[str], None] = print) -> dict:
-    """Train `model` on `texts` with `Trainer` until fact recall on `people` reaches the target (or max_steps).
-
-    Memorising a fact is a sudden jump, not a climb: the loss sits near 0.9 while templates are learned, then
-    facts appear. So we stop on the *minimum* recall over attributes, checked every `eval_every` steps.
-    """
-    from transformers import Trainer, TrainerCallback
-
-    from course_utils.evaluate import fact_recall
-    from course_utils.train import causal_collator, tokenize_texts, training_args
-
-    history: list[dict] = []
-
-    class RecallStop(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step % config.eval_every and state.global_step < config.max_steps:
-                return control
-            recall = fact_recall(kwargs["model"], tokenizer, people)
-            loss = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), float("nan"))
-            history.append({"step": state.global_step, "loss": loss, **recall})
-            log(f"step {state.global_step:5d}  loss {loss:.3f}  " + "  ".join(f"{k} {v:.2f}" for k, v in recall.items()))
-            kwargs["model"].train()
-            if min(recall.values()) >= config.target_recall:
-                control.should_training_stop = True
-            return control
-
-    args = training_args(per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
-                         warmup_steps=config.warmup_steps, max_steps=config.max_steps, seed=config.seed,
-                         **_schedule(config),
-                         data_seed=config.seed, logging_steps=50, weight_decay=0.0)
-    trainer = Trainer(model=model, args=args, train_dataset=tokenize_texts(tokenizer, texts, config.max_length),
-                      data_collator=causal_collator(tokenizer), callbacks=[RecallStop()])
-    start = time.perf_counter()
-    trainer.train()
-    return {"steps": trainer.state.global_step, "seconds": round(time.perf_counter() - start, 1),
-            "final_recall": {k: v for k, v in history[-1].items() if k not in ("step", "loss")},
-            "history": history, "config": asdict(config)}
-
-
-def _schedule(config: PretrainConfig) -> dict:
-    if config.decay_steps <= 0:
-        return {"lr_scheduler_type": "constant_with_warmup"}
-    return {"lr_scheduler_type": "warmup_stable_decay",
-            "lr_scheduler_kwargs": {"num_decay_steps": min(config.decay_steps, config.max_steps // 2)}}
-
-
-# The build's stages (one today). The build saves after each stage, and `course build --resume` runs only the
-# stages a saved model has not finished, so a later curriculum (say, a small-batch polish) can be added here.
-PRETRAIN_STAGES = (PretrainConfig(),)
-
-
 def model_dir(family: str, models_dir: Path = MODELS_DIR) -> Path:
     return Path(models_dir) / check_family(family)
 
@@ -187,23 +124,182 @@ def build_info(family: str, models_dir: Path = MODELS_DIR) -> dict:
     return json.loads(path.read_text())
 
 
+# What a model folder holds; the small JSON files are read whole before loading (they are tiny).
+WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
+SMALL_JSON = (CONFIG, "generation_config.json", "tokenizer_config.json")
+LAYER_INDEX = {"gpt2": re.compile(r"(?:^|\.)h\.(\d+)\."), "qwen2": re.compile(r"(?:^|\.)layers\.(\d+)\."),
+               "llama": re.compile(r"(?:^|\.)layers\.(\d+)\.")}
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}  # model weights are floating point
+REBUILD = "restore it or rebuild with `course build`"
+
+
+def read_json_file(path: Path) -> dict:
+    """A JSON object from `path`; a truncated or damaged file is a one-line `ZooError` naming it."""
+    try:
+        value = json.loads(Path(path).read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        why = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8 text"
+        raise ZooError(f"{path}: damaged or truncated JSON ({why}); {REBUILD}") from None
+    if not isinstance(value, dict):
+        raise ZooError(f"{path}: expected a JSON object, got {type(value).__name__}; {REBUILD}")
+    return value
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape, from the safetensors header alone (an 8-byte length, then JSON); no weight is read.
+
+    The header also says where each tensor's bytes lie, so a truncated or padded file is caught here too."""
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        n = int.from_bytes(f.read(8), "little") if size >= 8 else 0
+        if n < 2 or 8 + n > size:
+            raise ZooError(f"{path}: truncated or not safetensors ({size} bytes, no complete header); {REBUILD}")
+        header = f.read(n)
+    try:
+        meta = json.loads(header)
+        meta.pop("__metadata__", None)
+        tensors = {k: ([int(d) for d in v["shape"]], [int(o) for o in v["data_offsets"]], v["dtype"])
+                   for k, v in meta.items()}
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError):
+        raise ZooError(f"{path}: damaged safetensors header; {REBUILD}") from None
+    promised = max((offsets[-1] for _, offsets, _ in tensors.values()), default=0)
+    if promised != size - 8 - n:
+        raise ZooError(f"{path}: truncated or damaged: its header describes {promised} bytes of weights, the file "
+                       f"holds {size - 8 - n}; {REBUILD}")
+    for name, (shape, offsets, dtype) in tensors.items():
+        if len(offsets) != 2 or offsets[1] - offsets[0] != math.prod(shape) * DTYPE_BYTES.get(dtype, -1):
+            raise ZooError(f"{path}: damaged header: tensor {name!r} {shape} {dtype} does not fit its bytes "
+                           f"{offsets} (or is not floating point); {REBUILD}")
+    return {name: shape for name, (shape, _, _) in tensors.items()}
+
+
+def _config_of(raw: dict, path: Path, family: str | None):
+    """The `transformers` config of a folder's config.json, once its `model_type` is checked against `family`."""
+    from transformers import AutoConfig
+
+    model_type = raw.get("model_type")
+    if model_type not in FAMILIES:
+        raise ZooError(f"{path}: model_type {model_type!r} is not a course family {FAMILIES}")
+    if family is not None and model_type != family:
+        raise ZooError(f"{path}: model_type {model_type!r} in the {family} folder; this config belongs to another "
+                       f"model (building it would make a default-size {model_type}, not the tiny one)")
+    try:
+        return AutoConfig.for_model(**raw)
+    except Exception as err:  # noqa: BLE001 - configs validate fields with huggingface_hub's own error types
+        raise ZooError(f"{path}: invalid config ({str(err).splitlines()[0] if str(err) else type(err).__name__})") \
+            from None
+
+
+def _size(config, name: str, where, default=None) -> int:
+    """A size field of the config as a positive integer, else a one-line `ZooError` naming the file and field."""
+    value = getattr(config, name, None)
+    value = default if value is None else value
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ZooError(f"{where}: {name} must be a positive integer, got {value!r}")
+    return value
+
+
+def expected_shapes(config, where=CONFIG) -> dict[str, list[int]]:
+    """The shapes config.json promises for the tensors that fix a model's size (layer 0 stands for every layer):
+    vocabulary x hidden size, positions (GPT-2), attention and MLP widths."""
+    vocab, hidden, heads = (_size(config, n, where) for n in ("vocab_size", "hidden_size", "num_attention_heads"))
+    if config.model_type == "gpt2":
+        inner, positions = _size(config, "n_inner", where, 4 * hidden), _size(config, "n_positions", where)
+        return {"wte.weight": [vocab, hidden], "wpe.weight": [positions, hidden],
+                "h.0.attn.c_attn.weight": [hidden, 3 * hidden], "h.0.attn.c_proj.weight": [hidden, hidden],
+                "h.0.mlp.c_fc.weight": [hidden, inner], "h.0.mlp.c_proj.weight": [inner, hidden]}
+    inner, head_dim = _size(config, "intermediate_size", where), _size(config, "head_dim", where, hidden // heads)
+    q, kv = heads * head_dim, _size(config, "num_key_value_heads", where, heads) * head_dim
+    attn, mlp = "layers.0.self_attn.", "layers.0.mlp."
+    return {"embed_tokens.weight": [vocab, hidden], attn + "q_proj.weight": [q, hidden],
+            attn + "k_proj.weight": [kv, hidden], attn + "v_proj.weight": [kv, hidden],
+            attn + "o_proj.weight": [hidden, q], mlp + "gate_proj.weight": [inner, hidden],
+            mlp + "up_proj.weight": [inner, hidden], mlp + "down_proj.weight": [hidden, inner]}
+
+
+def check_weights(shapes: dict[str, list[int]], config, path: Path, config_path=CONFIG) -> None:
+    """The weights' shapes agree with the config (vocabulary, hidden size, widths, number of layers), so no model
+    is built at a size the file does not hold, and no layer is silently dropped or left random."""
+    for suffix, want in expected_shapes(config, config_path).items():
+        got = [shape for name, shape in shapes.items() if name == suffix or name.endswith("." + suffix)]
+        if got[:1] != [want]:
+            raise ZooError(f"{path}: tensor {suffix!r} is {got[0] if got else 'missing'} but config.json says "
+                           f"{want}; the config and the weights do not belong together")
+    layers = sorted({int(m.group(1)) for name in shapes if (m := LAYER_INDEX[config.model_type].search(name))})
+    if layers != list(range(_size(config, "num_hidden_layers", config_path))):
+        raise ZooError(f"{path}: holds {len(layers)} layers but config.json says {config.num_hidden_layers}; "
+                       f"layers would be dropped or left random")
+
+
+def check_folder(path: Path, family: str | None = None):
+    """Everything about a model folder that can be checked before a model is built; returns its config.
+
+    The files are there, the small JSON files parse, `model_type` is the folder's family, and the safetensors
+    header (read alone, no weights) agrees with config.json."""
+    path = Path(path)
+    if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
+        raise ZooError(f"{path}: no shipped model here (model.safetensors + config.json); "
+                       f"rebuild it with `course build` (see README)")
+    if not (path / TOKENIZER).is_file():
+        raise ZooError(f"{path}: the model's tokenizer is missing (tokenizer.json); rebuild it with `course build`")
+    raw = {name: read_json_file(path / name) for name in SMALL_JSON if (path / name).is_file()}
+    config = _config_of(raw[CONFIG], path / CONFIG, family)
+    check_weights(safetensors_shapes(path / WEIGHTS), config, path / WEIGHTS, path / CONFIG)
+    return config
+
+
+def _load_tokenizer(path: Path, vocab_rows: int):
+    """The folder's tokenizer; a damaged tokenizer file, or one with more tokens than the embedding table has
+    rows, is a one-line `ZooError` naming the file."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001 - the tokenizers library raises bare `Exception`; name the file instead
+        read_json_file(path / TOKENIZER)  # a damaged tokenizer.json names itself here
+        raise ZooError(f"{path / TOKENIZER}: the tokenizer cannot be loaded ({type(err).__name__}: "
+                       f"{str(err).splitlines()[0] if str(err) else ''}); restore it or rebuild") from None
+    if len(tokenizer) > vocab_rows:
+        raise ZooError(f"{path / TOKENIZER}: {len(tokenizer)} tokens but the model's embedding table has "
+                       f"{vocab_rows} rows; this tokenizer belongs to another model")
+    return tokenizer
+
+
 def load_local(path: str | Path, model_class=None, **model_kwargs):
     """Model and tokenizer from a local folder, offline, safetensors only, never remote code.
 
-    `model_kwargs` go to `from_pretrained` (e.g. `num_labels=2` with a sequence-classification class)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    The folder is checked first (`check_folder`): a damaged file, a config of another family or size, or a
+    tokenizer that does not fit is a one-line `ZooError` naming the file, before any model is built. A folder
+    named after a family must hold that family. `model_kwargs` go to `from_pretrained` (e.g. `num_labels=2`
+    with a sequence-classification class)."""
+    from transformers import AutoModelForCausalLM
 
     path = Path(path)
-    if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
-        raise ZooError(f"{path}: no shipped model here (model.safetensors + config.json); "
-                       f"rebuild it with `course build` (see README)")
-    if not (path / "tokenizer.json").is_file():
-        raise ZooError(f"{path}: the model's tokenizer is missing (tokenizer.json); rebuild it with `course build`")
+    config = check_folder(path, path.name if path.name in FAMILIES else None)
+    tokenizer = _load_tokenizer(path, config.vocab_size)
     cls = model_class or AutoModelForCausalLM
-    model = cls.from_pretrained(str(path), local_files_only=True, use_safetensors=True, trust_remote_code=False,
-                                **model_kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    try:
+        model, info = cls.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                          trust_remote_code=False, output_loading_info=True,
+                                          **{"ignore_mismatched_sizes": True, **model_kwargs})
+    except (RuntimeError, ValueError, OSError) as err:
+        raise ZooError(f"{path / WEIGHTS}: cannot be loaded as {cls.__name__} ({type(err).__name__}: "
+                       f"{str(err).splitlines()[0]})") from None
+    _check_loading_info(model, info, path / WEIGHTS)
     return model, tokenizer
+
+
+def _check_loading_info(model, info: dict, path: Path) -> None:
+    """No tensor of the base model was missing from the file, left unused or of the wrong shape (a new head,
+    such as a classifier's `score`, is expected to be missing: it is trained later)."""
+    base = getattr(model, "base_model_prefix", "") + "."
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        names = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(kind) or ())
+        bad = [n for n in names if n.startswith(base)]
+        if bad:
+            raise ZooError(f"{path}: {len(bad)} {kind.replace('_', ' ')} in the base model (first: {bad[0]}); "
+                           f"the config and the weights do not belong together")
 
 
 def load_hub(family: str, model_class=None, **kwargs):
@@ -229,7 +325,6 @@ def load(family: str, profile: str | None = None, model_class=None, models_dir: 
     `model_class` picks a head, e.g. `AutoModelForSequenceClassification` for classification lessons; other
     keywords go to `from_pretrained` (`num_labels=2`, or `torch_dtype`/quantisation settings on a GPU).
     """
-    from course_utils.profiles import choose_profile
 
     check_family(family)
     if choose_profile(profile) == "gpu":

@@ -8,9 +8,10 @@ from course_utils import safety_filter as F
 from course_utils import world as W
 from course_utils import zoo
 from course_utils.classify import ClassifierConfig
+from course_utils.safety_filter import SafetyFilterError
 
 SPEC = zoo.TinySpec(hidden=32, layers=1, heads=2, intermediate=64, max_positions=128)
-FAST = A.TrainSettings(steps=2, batch_size=4, max_length=48)
+FAST = A.AlignConfig(steps=2, batch_size=4, max_length=48)
 
 
 @pytest.fixture(scope="module")
@@ -147,18 +148,18 @@ def test_check_pairs_rejects_bad_rows():
 
 
 def test_settings_validate():
-    with pytest.raises(A.AlignmentError, match="beta must be > 0"):
-        A.TrainSettings(beta=0)
-    with pytest.raises(A.AlignmentError, match="beta must be > 0"):
-        A.TrainSettings(beta=-0.1)
+    with pytest.raises(A.AlignmentError, match=r"beta must be in \(0"):
+        A.AlignConfig(beta=0)
+    with pytest.raises(A.AlignmentError, match=r"beta must be in \(0"):
+        A.AlignConfig(beta=-0.1)
     with pytest.raises(A.AlignmentError, match="learning_rate"):
-        A.TrainSettings(learning_rate=0)
-    with pytest.raises(A.AlignmentError, match="steps and batch_size"):
-        A.TrainSettings(steps=0)
+        A.AlignConfig(learning_rate=0)
+    with pytest.raises(A.AlignmentError, match=r"AlignConfig: steps must be in \[1,"):
+        A.AlignConfig(steps=0)
     with pytest.raises(A.AlignmentError, match="divisible"):
-        A.RLSettings(batch_size=6, num_generations=4)
-    with pytest.raises(A.AlignmentError, match="beta >= 0"):
-        A.RLSettings(beta=-1)
+        A.RLConfig(batch_size=6, num_generations=4)
+    with pytest.raises(A.AlignmentError, match=r"RLConfig: beta must be in \[0,"):
+        A.RLConfig(beta=-1)
 
 
 # ------------------------------------------------------------------------------------------ trl wrappers
@@ -188,7 +189,7 @@ def test_reward_model_training_and_scoring(tokenizer, small):
     # the body is the policy's: same embedding weights, a new 1-output head
     assert torch.equal(rm.get_input_embeddings().weight, model.get_input_embeddings().weight)
     pairs = A.preference_pairs(tokenizer, train)
-    trainer = A.reward_train(rm, tokenizer, pairs, A.TrainSettings(steps=30, batch_size=8, learning_rate=3e-3))
+    trainer = A.reward_train(rm, tokenizer, pairs, A.AlignConfig(steps=30, batch_size=8, learning_rate=3e-3))
     assert trainer.state.global_step == 30
     acc = A.pairwise_accuracy(rm, tokenizer, pairs)
     assert 0.0 <= acc <= 1.0 and acc >= 0.75  # it fits its own training pairs
@@ -211,7 +212,7 @@ def test_rl_train_runs_grpo_with_a_reward_function(tokenizer, small):
         seen.extend(completions)
         return [float(A.is_refusal(c)) + 0.01 * len(c) for c in completions]
 
-    settings = A.RLSettings(steps=2, batch_size=4, num_generations=2, max_completion_length=4)
+    settings = A.RLConfig(steps=2, batch_size=4, num_generations=2, max_completion_length=4)
     trainer = A.rl_train(model, tokenizer, [r["prompt"] for r in train], reward, settings)
     assert trainer.state.global_step == 2 and len(seen) == 2 * 4
     assert [h["step"] for h in A.reward_history(trainer)]
@@ -268,11 +269,11 @@ def test_safety_filter_learns_and_reports_precision_recall(tokenizer, rows):
     assert set(metrics) == {"precision", "recall", "false_positive_rate"}
     assert metrics["recall"] >= 0.8 and metrics["precision"] >= 0.8  # templated requests are easy to tell apart
     assert len(guard.blocks(["Where was Mira Stroud born?"])) == 1
-    with pytest.raises(A.AlignmentError, match="threshold"):
+    with pytest.raises(SafetyFilterError, match="threshold"):
         F.SafetyFilter(guard.model, tokenizer, threshold=1.5)
-    with pytest.raises(A.AlignmentError, match="no prompts"):
+    with pytest.raises(SafetyFilterError, match="no prompts"):
         guard.scores([])
-    with pytest.raises(A.AlignmentError, match="both safe and unsafe"):
+    with pytest.raises(SafetyFilterError, match="both safe and unsafe"):
         F.filter_metrics(guard, [r for r in test if r["safe"]])
     with pytest.raises(A.DataError, match="filter_rows"):
         F.filter_rows([{"prompt": "x"}])

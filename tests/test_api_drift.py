@@ -2,7 +2,7 @@
 
 import pytest
 
-from course_utils.api_contract import CONFIG_ATTRIBUTES, SIGNATURES, check_contract
+from course_utils.tools.api_contract import CONFIG_ATTRIBUTES, SIGNATURES, check_contract
 
 
 def test_installed_libraries_fit_the_course():
@@ -21,7 +21,7 @@ def test_contract_detects_a_renamed_keyword(monkeypatch):
 @pytest.mark.parametrize("name, pinned", [("transformers", "5.23.0"), ("peft", "0.21.2"), ("trl", "1.16.0"),
                                           ("datasets", "5.2.0")])
 def test_pins_are_installed(name, pinned):
-    from course_utils.cli import pinned_requirements
+    from course_utils.tools.cli import pinned_requirements
     from course_utils.profiles import package_version
 
     assert pinned_requirements()[name] == pinned

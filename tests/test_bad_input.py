@@ -12,32 +12,20 @@ import random
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from course_utils import bias, classify, costs, data, distill, evaluate, forgetting, layers, noise, overfitting
 from course_utils import peft_methods, profiles, quality, results, tokenizer as course_tokenizer, train, world, zoo
-from course_utils.errors import CourseError
+from course_utils import errors, text
+
+from bad_inputs import FAST, expect_clear_error  # noqa: E402  (tests/bad_inputs.py)
 
 INPUTS_TRIED = {"n": 0}
-FAST = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
 
 def clear_error(fn, *args, match: str | None = None, **kwargs) -> str:
-    """`fn(*args, **kwargs)` must raise a CourseError whose message is one non-empty line (and contains `match`)."""
-    INPUTS_TRIED["n"] += 1
-    try:
-        fn(*args, **kwargs)
-    except CourseError as err:
-        msg = str(err)
-        assert msg.strip() and "\n" not in msg.strip(), f"{getattr(fn, '__name__', fn)}: not one line: {msg!r}"
-        if match:
-            assert match.lower() in msg.lower(), f"{getattr(fn, '__name__', fn)}: {msg!r} does not name {match!r}"
-        return msg
-    except Exception as err:  # noqa: BLE001 - the point is to catch the unclear ones
-        raise AssertionError(f"{getattr(fn, '__name__', fn)}{args!r:.200}: raised {type(err).__name__}: {err} "
-                             f"instead of a CourseError") from err
-    raise AssertionError(f"{getattr(fn, '__name__', fn)}{args!r:.200}: accepted bad input silently")
+    return expect_clear_error(INPUTS_TRIED, fn, *args, match=match, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -154,7 +142,7 @@ def test_row_helpers_refuse_a_malformed_row(bad, at):
                      (bias.label_rates, (rows, "company")),
                      (bias.balance, (rows, "company")), (bias.skew_labels, (rows, "company", "Kestrel", 0.5)),
                      (bias.counterfactual_rows, (rows, "company", ["Kestrel", "Ashby"])),
-                     (data.require_columns, (rows, ["text"])), (results.save_results, ("99_x", rows))]:
+                     (errors.check_rows, (rows, "check_rows", ["text"])), (results.save_results, ("99_x", rows))]:
         clear_error(fn, *args, match=f"row {at}")
 
 
@@ -182,7 +170,7 @@ def test_classifier_rows_need_a_valid_integer_label(tok, label, at):
 @FAST
 @given(value=not_text)
 def test_text_helpers_refuse_non_text(tok, model, value):
-    clear_error(train.encode, tok, value, match="str")
+    clear_error(text.encode, tok, value, match="str")
     clear_error(train.tokenize_texts, tok, ["ok", value], match="text 1")
     clear_error(train.tokenize_prompt_completion, tok, ["ok", value], ["a", "b"], match="1")
     clear_error(evaluate.perplexity, model, tok, ["fine text", value], match="perplexity")
@@ -383,7 +371,7 @@ def test_each_case_gets_a_clear_one_line_error(tok, model, small_vocab_model, tm
 def test_validation_leaves_valid_input_alone(tok, model):
     """The checks added at the top of helpers change nothing for good input: same numbers as the raw computation."""
     texts = ["Cassia Jessham was born in Quarrow.", "The lamp from Kestrel works well."]
-    ids = [train.encode(tok, t, add_eos=True) for t in texts]
+    ids = [text.encode(tok, t, add_eos=True) for t in texts]
     model.eval()
     with torch.no_grad():
         nll = sum(torch.nn.functional.cross_entropy(model(torch.tensor([s])).logits[0, :-1], torch.tensor(s[1:]),

@@ -201,10 +201,9 @@ def test_gradient_reversal_flips_and_scales_the_gradient():
 
 
 def test_pooled_representation_is_what_the_head_reads(tiny_classifier, tokenizer):
-    from course_utils.evaluate import _pad_batch
-    from course_utils.train import encode
+    from course_utils.text import encode, pad_batch
 
-    ids, mask = _pad_batch([encode(tokenizer, "The lamp works."), encode(tokenizer, "A long review of the lamp.")],
+    ids, mask = pad_batch([encode(tokenizer, "The lamp works."), encode(tokenizer, "A long review of the lamp.")],
                            tokenizer.pad_token_id)
     tiny_classifier.config.pad_token_id = tokenizer.pad_token_id
     tiny_classifier.eval()

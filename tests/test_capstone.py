@@ -7,18 +7,21 @@ import pytest
 from course_utils import capstone as C
 
 
-def _records(lora_new=0.15, naive_new=0.9, rehearsed=0.05, naive_forgot=0.15, rise=0.08):
+def _records(lora_new=0.15, naive_new=0.9, rehearsed=0.05, naive_forgot=0.15, rise=0.08, stopped_acc=0.6,
+             end_acc=0.5):
     return {
-        C.L01: {"table": [{"method": "full", "grads+optimizer MB": 12.0, "trainable %": 100.0},
-                          {"method": "lora", "grads+optimizer MB": 0.3, "trainable %": 2.5}]},
+        C.L01: {"table": [{"method": "full", "grads+optimizer MB": 12.0, "trainable %": 100.0, "answer_ppl": 1.1},
+                          {"method": "lora", "grads+optimizer MB": 0.3, "trainable %": 2.5, "answer_ppl": 1.3}]},
         C.L02: {"table": [{"method": "naive", "final_new_recall": naive_new, "forgot@target": naive_forgot},
                           {"method": "naive", "final_new_recall": naive_new, "forgot@target": None},
                           {"method": "rehearsal", "setting": "25% old", "forgot@target": rehearsed},
                           {"method": "ewc", "setting": "lambda=100", "forgot@target": 0.04},
                           {"method": "lora", "final_new_recall": lora_new, "forgot@target": None}]},
-        C.L05: {"table": [{"setting": "no mitigation", "rise": rise, "gap": 0.7},
-                          {"setting": "early stopping", "rise": 0.0, "gap": 0.5},
-                          {"setting": "dropout 0.3", "rise": 0.0, "gap": 0.4}]},
+        C.L05: {"table": [{"setting": "no mitigation", "rise": rise, "gap": 0.7, "biography accuracy": end_acc},
+                          {"setting": "early stopping", "rise": 0.0, "gap": 0.5, "biography accuracy": stopped_acc},
+                          {"setting": "dropout 0.3", "rise": 0.0, "gap": 0.4, "biography accuracy": 0.3}]},
+        C.L08: {"table": [{"stage": "aligned", "refusal": 1.0}, {"stage": "benign", "refusal": 0.1},
+                          {"stage": "DPO", "refusal": 0.1}, {"stage": "DPO + NLL", "refusal": 0.9}]},
     }
 
 
@@ -52,15 +55,35 @@ def test_recipe_follows_the_measurements():
     task = C.TaskSpec(goal="new_facts", n_examples=64)
     recipe = C.choose_recipe(C.Resources(), task, _records())
     assert recipe.method == "full" and recipe.rehearsal_ratio == 0.25 and recipe.early_stopping
-    # a model that does not fit: LoRA, whatever the goal
+    # full FT does not fit: LoRA, whatever the goal
+    mid = C.choose_recipe(C.Resources(gpu_gb=16, model_params=1e9), task, _records())
+    assert mid.method == "lora" and mid.rehearsal_ratio == 0.0
+    # LoRA over a 16-bit base does not fit either (7 B in 16 GB): QLoRA, and the reasons say why
     big = C.choose_recipe(C.Resources(gpu_gb=16, model_params=7e9), task, _records())
-    assert big.method == "lora" and big.rehearsal_ratio == 0.0
+    assert big.method == "qlora" and any("QLoRA" in r for r in big.reasons)
+    with pytest.raises(C.CapstoneError, match="no method fits"):
+        C.choose_recipe(C.Resources(gpu_gb=4, model_params=70e9), task, _records())
+    # early stopping only where the early-stopped model was at least as good on the task (lesson 05)
+    assert not C.choose_recipe(C.Resources(), task, _records(stopped_acc=0.4, end_acc=0.6)).early_stopping
     # if rehearsal had not helped in lesson 02, the recipe would not use it
     assert C.choose_recipe(C.Resources(), task, _records(rehearsed=0.3)).rehearsal_ratio == 0.0
     # plenty of data: no early stopping; safety: DPO afterwards
     many = C.choose_recipe(C.Resources(), C.TaskSpec(goal="format", n_examples=10_000, needs_safety=True), _records())
     assert many.method == "lora" and not many.early_stopping and many.dpo_afterwards
+    assert any("DPO + NLL 0.90" in r for r in many.reasons)  # the safety reason quotes lesson 08's numbers
     assert all(isinstance(r, str) and r for r in recipe.reasons)
+
+
+def test_scoreboard_and_evidence_read_declared_claims():
+    recs = _records()
+    recs[C.L05]["claims"] = [{"claim": "a", "verdict": "held", "mean": 0.5, "held in": "3 of 3"},
+                             {"claim": "b", "verdict": "not reproduced", "mean": 0.1, "held in": "0 of 3"}]
+    board = C.scoreboard(recs)
+    assert list(board["claim"]) == ["a", "b"] and list(board["verdict"]) == ["held", "not reproduced"]
+    assert C.evidence(recs[C.L05]) == "1 held, 1 not reproduced (declared claims over the seeds)"
+    assert C.evidence({"checks": {"x": True, "y": False}}) == "1 of 2 single-seed checks held"
+    table = C.problems_table(recs)
+    assert set(table["improved?"]) <= {"yes", "no", "not run yet"}
 
 
 def test_memory_rule_of_thumb():

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from course_utils import cli
+from course_utils.tools import cli
 from course_utils.errors import CourseError
 from course_utils.paths import REPO_DIR
-from course_utils.runner import LessonResult, format_table, lesson_notebooks
+from course_utils.tools.runner import LessonResult, format_table, lesson_notebooks
 
 
 def test_readme_commands_are_what_ci_runs():
@@ -55,7 +55,7 @@ def test_table_flags_failures_and_budget():
 def test_run_names_the_failing_lesson_and_cell(tmp_path, monkeypatch):
     import nbformat
 
-    from course_utils import runner
+    from course_utils.tools import runner
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"),
                                          nbformat.v4.new_code_cell("assert x == 2, 'x is not 2'")])
@@ -73,7 +73,7 @@ def test_run_names_the_failing_lesson_and_cell(tmp_path, monkeypatch):
 
 def test_smoke_build_keeps_the_builder_working(tmp_path):
     """CI's shortened build: data, tokenizer and a few pretraining steps per family, in a scratch folder."""
-    proc = subprocess.run([sys.executable, "-m", "course_utils.cli", "build", "--smoke", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "course_utils.tools.cli", "build", "--smoke", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     from course_utils import zoo
@@ -92,7 +92,7 @@ def test_smoke_build_refuses_to_overwrite_shipped_models(capsys):
 def test_outputs_for_readers_drop_stderr_and_keep_results():
     import nbformat
 
-    from course_utils.runner import outputs_for_readers
+    from course_utils.tools.runner import outputs_for_readers
 
     cell = nbformat.v4.new_code_cell("print(1)")
     cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="/root/x.py:1: Warning"),
@@ -106,7 +106,7 @@ def test_outputs_for_readers_make_repo_paths_relative():
     import nbformat
 
     from course_utils.paths import REPO_DIR
-    from course_utils.runner import outputs_for_readers
+    from course_utils.tools.runner import outputs_for_readers
 
     cell = nbformat.v4.new_code_cell("save_results()")
     cell.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": f"PosixPath('{REPO_DIR}/runs/r.json')"},

@@ -117,4 +117,4 @@ def test_qa_task_splits_by_person_and_quality_is_in_range(tokenizer):
     with pytest.raises(costs.CostError, match="n must be in"):
         costs.labelled_subset(task.train, 0)
     with pytest.raises(costs.CostError, match="no learning rate for method 'bitfit'"):
-        costs.Budget().args("bitfit")
+        costs.CostConfig().args("bitfit")

@@ -1,6 +1,7 @@
 import pytest
 
-from course_utils.data import DataError, load_dataset_file, load_sample, read_jsonl, require_columns, write_jsonl
+from course_utils.errors import check_rows
+from course_utils.data import DataError, load_dataset_file, load_sample, read_jsonl, write_jsonl
 
 
 def test_round_trip(tmp_path):
@@ -39,12 +40,14 @@ def test_missing_and_empty_files(tmp_path):
         read_jsonl(tmp_path / "empty.jsonl")
 
 
-def test_require_columns():
-    require_columns([{"a": 1}], ["a"])
-    with pytest.raises(DataError, match="empty dataset"):
-        require_columns([], ["a"])
-    with pytest.raises(DataError, match=r"row 1: missing field\(s\) 'a'"):
-        require_columns([{"a": 1}, {"b": 2}], ["a"], where="rows")
+def test_check_rows_names_the_row_and_column():
+    check_rows([{"a": 1}], "rows", keys=["a"])
+    with pytest.raises(DataError, match="no rows given"):
+        check_rows([], "rows", keys=["a"], error=DataError)
+    with pytest.raises(DataError, match=r"rows: row 1 has no column\(s\) \['a'\]"):
+        check_rows([{"a": 1}, {"b": 2}], "rows", keys=["a"], error=DataError)
+    with pytest.raises(DataError, match=r"row 0 column 'label' is '1', not an integer class"):
+        check_rows([{"label": "1"}], "rows", int_keys=["label"], error=DataError)
 
 
 def test_load_sample_split():
@@ -52,3 +55,25 @@ def test_load_sample_split():
     assert rows and all(r["split"] == "heldout" for r in rows)
     with pytest.raises(DataError, match="no rows with split"):
         load_sample("qa.jsonl", split="nonsense")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"a": 1}\n{"a": "caf\xe9"}\n', r"x\.jsonl line 2: byte 0xe9 at column 11 is not UTF-8"),
+    ('{"a": 1}\n'.encode("utf-16"), r"x\.jsonl line 1: the file is UTF-16"),
+    ('{"a": 1}\n'.encode("utf-16-le"), r"x\.jsonl line 1: it contains NUL bytes"),
+    (b'{"a": 1}\n{"a": 1, "a": 2}\n', r"x\.jsonl line 2: duplicate key 'a'"),
+    (b'{"a": {"b": 1, "b": 1}}\n', r"x\.jsonl line 1: duplicate key 'b'"),
+    (b'{"a": NaN}\n', r"x\.jsonl line 1: NaN is not valid JSON"),
+    (b'{"a": [-Infinity]}\n', r"x\.jsonl line 1: -Infinity is not valid JSON"),
+    (b'{"a": 1e999}\n', r"x\.jsonl line 1: the number 1e999 is too large"),
+])
+def test_encodings_duplicate_keys_and_nan_name_file_and_line(tmp_path, content, message):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        read_jsonl(path)
+
+
+def test_write_jsonl_refuses_nan(tmp_path):
+    with pytest.raises(DataError, match="row 0 cannot be written as JSON"):
+        write_jsonl(tmp_path / "x.jsonl", [{"a": float("nan")}])

@@ -1,7 +1,7 @@
 import torch
 
 from course_utils.evaluate import continuation_logprobs, generate, perplexity
-from course_utils.train import encode
+from course_utils.text import encode
 
 
 def test_continuation_logprob_matches_direct_computation(gpt2):
@@ -31,3 +31,38 @@ def test_generation_is_deterministic_and_batch_independent(gpt2):
     a = generate(model, tok, prompts, max_new_tokens=8, batch_size=3)
     b = generate(model, tok, prompts, max_new_tokens=8, batch_size=1)
     assert a == b and all(isinstance(x, str) for x in a)
+
+
+def test_generation_is_exactly_greedy_decoding_of_the_model(gpt2):
+    """The position checks change nothing for valid prompts: same tokens as calling `model.generate` directly."""
+    from course_utils.text import pad_batch, pad_id
+
+    model, tok = gpt2
+    prompts = ["The weather in Veltra was", "Mira Stroud works as a"]
+    ids, mask = pad_batch([encode(tok, p) for p in prompts], pad_id(tok), left=True)
+    with torch.no_grad():
+        raw = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=8,
+                             pad_token_id=pad_id(tok), eos_token_id=tok.eos_token_id)
+    want = [t.strip() for t in tok.batch_decode(raw[:, ids.shape[1]:], skip_special_tokens=True)]
+    assert generate(model, tok, prompts, max_new_tokens=8) == want
+
+
+def test_encode_with_a_limit_equals_the_cut_encoding(gpt2):
+    _, tok = gpt2
+    long_text = "Mira Stroud was born in Ashdale. " * 5000
+    assert encode(tok, long_text, add_eos=True, max_tokens=64) == encode(tok, long_text, add_eos=True)[:64]
+
+
+def test_over_long_input_is_a_one_line_error(gpt2):
+    import pytest
+
+    from course_utils.data import DataError
+
+    model, tok = gpt2
+    too_long = "lamp " * 400
+    with pytest.raises(DataError, match=r"perplexity: text 1 \(with BOS and EOS\) needs at least 257 positions"):
+        perplexity(model, tok, ["fine", too_long])
+    with pytest.raises(DataError, match=r"generate: prompt 0 with max_new_tokens=250 needs at least"):
+        generate(model, tok, ["Mira Stroud was born in Ashdale, where"], max_new_tokens=250)
+    with pytest.raises(DataError, match=r"continuation_logprobs: prompt 0 with its continuation needs"):
+        continuation_logprobs(model, tok, ["Mira"], [too_long])

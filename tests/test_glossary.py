@@ -2,7 +2,7 @@
 
 import nbformat
 
-from course_utils import glossary as G
+from course_utils.tools import glossary as G
 
 
 def test_anchor_and_match_text():

@@ -27,7 +27,7 @@ def test_finetune_returns_a_plain_tuned_copy_and_leaves_the_base_alone(base, tok
     before = {k: v.clone() for k, v in base.state_dict().items()}
     rows = I.qa_rows(_people()[:2], ["birth_city"])
     for method in I.METHODS:
-        result = I.finetune(base, tokenizer, rows, I.TuneConfig(method=method, max_steps=2, batch_size=2,
+        result = I.finetune(base, tokenizer, rows, I.TuneConfig(method=method, steps=2, batch_size=2,
                                                                  learning_rate=1e-2, warmup_steps=0,
                                                                  eval_every=1, format_target=0.0), dev_rows=rows)
         tuned = result.model

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from course_utils.errors import CourseError
-from course_utils.launch import parse_args
+from course_utils.tools.launch import parse_args
 from course_utils.paths import REPO_DIR
 
 
@@ -21,7 +21,7 @@ def test_bad_arguments_are_one_line_errors():
 def test_two_process_data_parallel_run(tmp_path):
     env = {**os.environ, "COURSE_PROFILE": "cpu", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO_DIR / "configs" / "accelerate" / "cpu_2proc.yaml"), "-m", "course_utils.launch",
+           str(REPO_DIR / "configs" / "accelerate" / "cpu_2proc.yaml"), "-m", "course_utils.tools.launch",
            "--steps", "4", "--batch-size", "4", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -55,7 +55,33 @@ def test_lesson_states_runtime_and_ends_with_what_we_measured(path):
     assert re.search(r"Runtime:\*\* about \d+", text) or "Runtime:" in text, f"{path.name}: state the CPU runtime"
     assert "GPU memory" in text, f"{path.name}: state the GPU memory needs"
     assert "## What we measured" in text
-    assert "assert " in text, f"{path.name}: a lesson checks its finding with an assert over measured numbers"
+    assert "assert " in text or "C.check(" in text or "C2.check(" in text, \
+        f"{path.name}: a lesson checks its findings (declared claims and `claims.check`, or an assert)"
+
+
+ON_CLAIMS = [p for p in LESSONS if "claims as C" in "\n".join(source(c) for c in cells(p))]
+RUN_RANGE = re.compile(r"\b\d+\.\d+\s*[-–]\s*\d+\.\d+\b|\b\d+\s*[-–]\s*\d+\s*%")
+
+
+@pytest.mark.parametrize("path", ON_CLAIMS, ids=lambda p: p.name)
+def test_claims_are_declared_before_they_are_judged_and_saved(path):
+    code = [source(c) for c in cells(path) if c["cell_type"] == "code"]
+    declared = next(i for i, c in enumerate(code) if "declare(" in c)
+    judged = next(i for i, c in enumerate(code) if "verdicts(" in c)
+    assert declared < judged, f"{path.name}: declare the claims before the experiment that judges them"
+    assert any("check(" in c for c in code[judged:]), f"{path.name}: check the verdicts against the declarations"
+    assert any("claims=" in c and "save_results" in c for c in code), f"{path.name}: save the verdicts"
+    assert "env.seeds" in "\n".join(code), f"{path.name}: run over the seeds setup() gives"
+    assert "setup(seed=" not in "\n".join(code), f"{path.name}: take the seeds from setup(), not a hard-coded one"
+
+
+@pytest.mark.parametrize("path", ON_CLAIMS, ids=lambda p: p.name)
+def test_no_typed_results_in_prose(path):
+    """Numbers about our runs come from code: prose quoting a range of results ("0.73-0.81", "67-86 %") is typed."""
+    for c in cells(path):
+        if c["cell_type"] == "markdown":
+            found = RUN_RANGE.findall(source(c))
+            assert not found, f"{path.name}: markdown quotes a range of results {found}; compute it in a cell"
 
 
 # Artefact safety (issue 10): models are saved and loaded as safetensors only, remote code is never trusted, no
@@ -70,7 +96,7 @@ SECRET = re.compile(r"\bhf_[A-Za-z0-9]{30,}|\b(sk|ghp|gho|xox[bp])-?[A-Za-z0-9_]
 PRINTED_ENV_SECRET = re.compile(
     r"(print|display|log\w*)\([^\n]*(os\.environ|getenv)[^\n]*(TOKEN|KEY|SECRET|PASSWORD)['\"]|"
     r"^\s*(os\.environ(\.get)?|os\.getenv)[\[(][^\n]*(TOKEN|KEY|SECRET|PASSWORD)['\"][\])]\s*$", re.M)
-SOURCES = sorted((REPO_DIR / "course_utils").glob("*.py"))
+SOURCES = sorted((REPO_DIR / "course_utils").rglob("*.py"))
 
 
 def code_of(path):

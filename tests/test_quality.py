@@ -168,7 +168,7 @@ def test_drop_label_issues_reports_the_model_confidence(reviews):
 
 def test_label_issue_bad_input():
     rows = [{"text": "good", "label": 1}] * 3 + [{"text": "bad", "label": 0}] * 3
-    with pytest.raises(Q.QualityError, match="n_folds=5"):
+    with pytest.raises(Q.DataError, match="n_folds=5"):
         Q.out_of_fold_probs(rows)
     with pytest.raises(Q.QualityError, match="shape"):
         Q.find_label_issues(rows, np.full((2, 2), 0.5))

@@ -205,3 +205,84 @@ def test_lesson_code_runs_with_the_network_blocked(no_network, one_thread, tmp_p
     assert len(evaluate.generate(model, tok, ["Cassia Jessham was born in"], max_new_tokens=3)) == 1
     clf, ctok = load_classifier("qwen2")
     assert predict_proba(clf, ctok, [{"text": "The lamp works."}]).shape == (1, 2)
+
+
+# ---------------------------------------------------------------------------------------------------- nothing silent
+def _tiny_causal_trainer(tmp_path, learning_rate: float, steps: int, logging_steps: int):
+    """The shipped GPT-2 on 16 corpus texts through `causal_lm_trainer`; the learning rate is set after the
+    arguments are built, since `training_args` itself refuses a non-finite one."""
+    from course_utils import zoo
+    from course_utils.data import load_sample
+    from course_utils.profiles import seed_everything
+    from course_utils.train import causal_lm_trainer, training_args
+
+    seed_everything(0)
+    model, tok = zoo.load("gpt2")
+    args = training_args(str(tmp_path), max_steps=steps, per_device_train_batch_size=4, logging_steps=logging_steps,
+                         warmup_steps=0)
+    args.learning_rate = learning_rate
+    texts = [r["text"] for r in load_sample("pretrain_corpus.jsonl")[:16]]
+    return causal_lm_trainer(model, tok, texts, args, max_length=32)
+
+
+@pytest.mark.parametrize("steps, logging_steps, caught_by", [(3, 1, "logged grad_norm=nan at step 2"),
+                                                                  (1, 50, "weight tensor")])
+def test_training_that_diverges_stops_instead_of_reporting(one_thread, tmp_path, steps, logging_steps, caught_by):
+    """lr=inf turns the weights to NaN after one step: the guard stops at the next log (the gradient norm is NaN;
+    Trainer's `logging_nan_inf_filter` hides a NaN loss), or, with no log in between, at the end, where the
+    weights are checked."""
+    from course_utils.config import TrainingSettingsError
+    from course_utils.train import non_finite_weights
+
+    trainer = _tiny_causal_trainer(tmp_path, float("inf"), steps, logging_steps)
+    with pytest.raises(TrainingSettingsError, match=caught_by) as caught:
+        trainer.train()
+    assert "\n" not in str(caught.value) and "learning rate inf" in str(caught.value)
+    assert non_finite_weights(trainer.model)  # what the guard refused to report on
+
+
+def test_the_guard_changes_nothing_in_a_valid_run(one_thread, tmp_path):
+    from course_utils.train import FiniteGuard
+
+    runs = []
+    for guarded in (True, False):
+        trainer = _tiny_causal_trainer(tmp_path / str(guarded), 1e-3, 3, 1)
+        if not guarded:
+            trainer.remove_callback(FiniteGuard)
+        assert any(isinstance(c, FiniteGuard) for c in trainer.callback_handler.callbacks) == guarded
+        trainer.train()
+        runs.append(([h["loss"] for h in trainer.state.log_history if "loss" in h],
+                     {k: v.double().sum().item() for k, v in trainer.model.state_dict().items()}))
+    assert runs[0] == runs[1]
+
+
+def test_a_classifier_whose_weights_break_stops(one_thread):
+    from transformers import TrainerCallback
+
+    from course_utils.classify import ClassifierConfig, load_classifier, train_classifier
+    from course_utils.config import TrainingSettingsError
+    from course_utils.data import load_sample
+
+    class Poison(TrainerCallback):  # what an overflow would do to one weight
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            with torch.no_grad():
+                next(p for p in model.parameters() if p.requires_grad).view(-1)[0] = float("nan")
+
+    model, tok = load_classifier("gpt2")
+    with pytest.raises(TrainingSettingsError, match="FiniteGuard"):
+        train_classifier(model, tok, load_sample("reviews.jsonl", split="train")[:16],
+                         ClassifierConfig(epochs=1, batch_size=16, max_length=32), callbacks=[Poison()])
+
+
+def test_a_prompt_that_fills_max_length_is_refused(tokenizer):
+    from course_utils.data import DataError
+    from course_utils.text import encode
+    from course_utils.train import tokenize_prompt_completion
+
+    prompt = "Question: where was Cassia Jessham born? Answer:"
+    n = len(encode(tokenizer, prompt))
+    kept = tokenize_prompt_completion(tokenizer, ["Q:", prompt], ["A", " Paris"], max_length=n + 1)
+    assert [sum(label != -100 for label in row) for row in kept["labels"]] == [2, 1]  # one label still to learn
+    for max_length in (n, n - 5):
+        with pytest.raises(DataError, match=rf"example 1's prompt is {n} tokens, so max_length={max_length} leaves"):
+            tokenize_prompt_completion(tokenizer, ["Q:", prompt], ["A", " Paris"], max_length=max_length)

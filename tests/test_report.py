@@ -5,7 +5,7 @@ import json
 import pytest
 
 from course_utils.errors import CourseError
-from course_utils.report import build_report, latest_benchmarks, table_html, write_report
+from course_utils.tools.report import build_report, latest_benchmarks, table_html, write_report
 from course_utils.results import save_results
 
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from course_utils import shift as S
 from course_utils import zoo
-from course_utils.train import encode
+from course_utils.text import encode
 
 SMALL = zoo.TinySpec(hidden=32, layers=2, heads=2, intermediate=64, max_positions=128)
 PROMPTS = ["Mira Stroud was born in", "The weather in Veltra was", "Which company employs Bram Crane?"]
@@ -117,7 +117,7 @@ def test_summaries(pair, tokenizer):
     assert S.kl_by_position(table, max_position=3).index.max() <= 3
     top = S.top_shifted_tokens(table, n=3, classes=("shifted", "marginal"))
     assert len(top) <= 3 and list(top.columns) == ["token", "count", "mean_base_prob"]
-    row = S.summarize(table)
+    row = S.summarise(table)
     assert row["tokens"] == len(table)
     assert row["share_unshifted"] + row["share_marginal"] + row["share_shifted"] == pytest.approx(1.0)
     html = S.shift_html(table, 0)

@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import pytest
@@ -90,3 +91,38 @@ def test_tiny_configs_build_every_family(tokenizer):
         model = zoo.build_model(family, tokenizer)
         assert model.config.vocab_size == len(tokenizer)
         assert model.config.pad_token_id == tokenizer.pad_token_id
+
+
+def test_a_config_of_another_family_is_refused_before_anything_is_built(tmp_path):
+    """A llama config.json in the gpt2 folder would build a default-size (6.5 B-parameter) Llama and fill memory."""
+    folder = tmp_path / "gpt2"
+    shutil.copytree(MODELS_DIR / "gpt2", folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
+    with pytest.raises(zoo.ZooError, match=r"config\.json: model_type 'llama' in the gpt2 folder"):
+        zoo.load("gpt2", profile="cpu", models_dir=tmp_path)
+
+
+def test_a_changed_layer_count_is_refused(tmp_path):
+    folder = tmp_path / "llama"
+    shutil.copytree(MODELS_DIR / "llama", folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 3}))
+    with pytest.raises(zoo.ZooError, match=r"model\.safetensors: holds 4 layers but config\.json says 3"):
+        zoo.load_local(folder)
+
+
+def test_a_truncated_weights_file_is_named(tmp_path):
+    folder = tmp_path / "qwen2"
+    shutil.copytree(MODELS_DIR / "qwen2", folder)
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(zoo.ZooError, match=r"model\.safetensors: truncated or damaged"):
+        zoo.load_local(folder)
+
+
+def test_the_header_alone_gives_every_shape():
+    for family in zoo.FAMILIES:
+        shapes = zoo.safetensors_shapes(MODELS_DIR / family / "model.safetensors")
+        model, _ = zoo.load(family, profile="cpu")
+        assert all(list(p.shape) == shapes[n] for n, p in model.state_dict().items() if n in shapes)

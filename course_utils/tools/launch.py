@@ -1,14 +1,14 @@
-"""A course training recipe as a script, for one process or many: `python -m course_utils.launch` runs it alone,
-`accelerate launch ... -m course_utils.launch` runs it data-parallel.
+"""A course training recipe as a script, for one process or many: `python -m course_utils.tools.launch` runs it alone,
+`accelerate launch ... -m course_utils.tools.launch` runs it data-parallel.
 
 The recipe is the one the lessons use (teach a model the biographies of held-out people, full fine-tuning or
 LoRA), trained by `Trainer`. `Trainer` reads the distributed environment that `accelerate launch` sets up, so the
 same code runs as N processes, each on its share of every batch, with gradients averaged (DDP), or with the
 weights sharded (FSDP) when the accelerate config says so. Configs in `configs/accelerate/`:
 
-    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m course_utils.launch --steps 20
-    accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m course_utils.launch --family qwen2
-    accelerate launch --config_file configs/accelerate/fsdp.yaml -m course_utils.launch --family llama
+    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m course_utils.tools.launch --steps 20
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m course_utils.tools.launch --family qwen2
+    accelerate launch --config_file configs/accelerate/fsdp.yaml -m course_utils.tools.launch --family llama
 
 Rank 0 writes `metrics.json` (world size, steps, final loss, new-fact recall) into `--out`.
 """
@@ -21,7 +21,15 @@ import os
 import sys
 from pathlib import Path
 
+from course_utils import world as W
+from course_utils import zoo
+from course_utils.config import training_args
 from course_utils.errors import CourseError
+from course_utils.forgetting import fast_fact_recall
+from course_utils.peft_methods import apply_lora
+from course_utils.profiles import setup
+from course_utils.train import causal_collator, run_dir, tokenize_texts
+
 
 LIBRARY_CALLS = {
     "transformers:TrainingArguments": ["ddp_backend", "max_steps", "learning_rate", "per_device_train_batch_size",
@@ -31,7 +39,7 @@ LIBRARY_CALLS = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m course_utils.launch", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m course_utils.tools.launch", description=__doc__.split("\n\n")[0])
     p.add_argument("--family", default="gpt2", help="gpt2, qwen2 or llama")
     p.add_argument("--method", default="full", choices=["full", "lora"])
     p.add_argument("--people", type=int, default=16, help="how many held-out people to teach")
@@ -50,12 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import Trainer
 
-    from course_utils import world as W
-    from course_utils import zoo
-    from course_utils.forgetting import fast_fact_recall
-    from course_utils.peft_methods import apply_lora
-    from course_utils.profiles import setup
-    from course_utils.train import causal_collator, run_dir, tokenize_texts, training_args
 
     args = parse_args(argv)
     env = setup(seed=args.seed, quiet=True)
@@ -90,5 +92,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except CourseError as err:
-        print(f"course_utils.launch: error: {err}", file=sys.stderr)
+        print(f"course_utils.tools.launch: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -68,8 +68,8 @@ def all_signatures() -> dict[str, list[str]]:
     import course_utils
 
     table = {k: list(v) for k, v in SIGNATURES.items()}
-    for info in pkgutil.iter_modules(course_utils.__path__):
-        module = importlib.import_module(f"course_utils.{info.name}")
+    for info in pkgutil.walk_packages(course_utils.__path__, prefix="course_utils."):
+        module = importlib.import_module(info.name)
         for target, keywords in getattr(module, "LIBRARY_CALLS", {}).items():
             table.setdefault(target, [])
             table[target] += [k for k in keywords if k not in table[target]]

@@ -1,6 +1,7 @@
 """The `course` command: `doctor`, `build`, `run`, `report`.
 
-    course doctor            check Python, pinned packages, shipped data and models (and the GPU with --gpu)
+    course doctor            check Python, pinned packages, the profile, and verify shipped data (read whole) and
+                             models (sha256 from build_info.json); the GPU too with --gpu
     course build             regenerate data, tokenizer and the three tiny models (minutes per model)
     course build --smoke --out DIR   the same code path in a few steps, into a scratch folder (CI does this)
     course run [LESSON ...]  execute lessons in order; prints runtime, peak memory and pass/fail per lesson
@@ -10,12 +11,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from importlib import metadata
 from pathlib import Path
 
+from course_utils.tools.api_contract import check_contract
+from course_utils.tools.build import build_all, hash_problems
+from course_utils.data import DataError, read_jsonl
 from course_utils.errors import CourseError
+from course_utils.paths import DATA_DIR, MODELS_DIR
+from course_utils.profiles import choose_profile, package_version, set_offline
+from course_utils.tools.report import write_report
+from course_utils.tools.runner import format_table, run_lessons
+from course_utils.world import DATA_FILES
+from course_utils.zoo import FAMILIES, check_family, check_folder
+
 
 PACKAGE = "course-utils"
 
@@ -32,35 +44,74 @@ def pinned_requirements() -> dict[str, str]:
     return pins
 
 
-def doctor_checks(gpu: bool = False) -> list[tuple[bool, str]]:
-    """(ok, message) for each requirement of the course."""
-    from course_utils.paths import DATA_DIR, MODELS_DIR
-    from course_utils.profiles import package_version
-    from course_utils.world import DATA_FILES
-    from course_utils.zoo import FAMILIES
+def doctor_checks(gpu: bool = False, data_dir: Path = DATA_DIR,
+                  models_dir: Path = MODELS_DIR) -> list[tuple[bool, str]]:
+    """(ok, message) for each requirement of the course: versions, the profile, and every shipped file read and
+    verified (a truncated data file or a changed model file is a FAIL naming it, not a surprise in lesson 5)."""
 
     checks = [(sys.version_info >= (3, 10), f"Python {sys.version.split()[0]} (needs >= 3.10)")]
     for name, want in pinned_requirements().items():
         have = package_version(name)
         checks.append((have == want, f"{name} {have} (pinned {want})"))
-    from course_utils.api_contract import check_contract
 
     drift = check_contract()
     checks.append((not drift, "library API contract" + (": " + "; ".join(drift) if drift else " (every call course_utils makes)")))
     torch_version = package_version("torch")
     checks.append((torch_version != "not installed", f"torch {torch_version} (tested on 2.13 CPU)"))
-    for name in ["people.jsonl", *DATA_FILES]:
-        path = DATA_DIR / name
-        checks.append((path.is_file(), f"data_samples/{name}" + ("" if path.is_file() else " missing: run `course build --data-only`")))
-    for family in FAMILIES:
-        folder = MODELS_DIR / family
-        ok = (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
-        checks.append((ok, f"shipped model {family}" + ("" if ok else f" missing in {folder}: run `course build`")))
+    checks.append(profile_check())
+    checks += data_file_checks(data_dir)
+    checks += model_folder_checks(models_dir)
     if gpu:
         import torch
 
         ok = torch.cuda.is_available()
         checks.append((ok, f"GPU: {torch.cuda.get_device_name(0)}" if ok else "GPU: none visible to torch"))
+    return checks
+
+
+def profile_check() -> tuple[bool, str]:
+    """The profile `setup()` will choose: an unknown `COURSE_PROFILE` (a typo such as `banana`) is a FAIL."""
+    try:
+        return True, f"profile {choose_profile()} (COURSE_PROFILE={os.environ.get('COURSE_PROFILE', '')!r})"
+    except CourseError as err:
+        return False, f"profile: {err}"
+
+
+def data_file_checks(data_dir: Path = DATA_DIR) -> list[tuple[bool, str]]:
+    """Each shipped data file read completely through `read_jsonl`: missing, truncated or undecodable lines FAIL
+    with the file and line."""
+    names = dict.fromkeys(["people.jsonl", *DATA_FILES, *sorted(p.name for p in Path(data_dir).glob("*.jsonl"))])
+    checks = []
+    for name in names:
+        path = Path(data_dir) / name
+        if not path.is_file():
+            checks.append((False, f"data_samples/{name} missing: run `course build --data-only`"))
+            continue
+        try:
+            checks.append((True, f"data_samples/{name} ({len(read_jsonl(path))} rows)"))
+        except DataError as err:
+            where = f"data_samples/{err}" if str(err).startswith(name) else f"data_samples/{name}: {err}"
+            checks.append((False, f"{where}; regenerate it with `course build --data-only`"))
+    return checks
+
+
+def model_folder_checks(models_dir: Path = MODELS_DIR) -> list[tuple[bool, str]]:
+    """Each shipped model folder: its files match the sha256 hashes of build_info.json, and the header of its
+    weights agrees with its config (`zoo.check_folder`, which reads no weights)."""
+    checks = []
+    for family in FAMILIES:
+        folder = Path(models_dir) / family
+        if not folder.is_dir():
+            checks.append((False, f"shipped model {family} missing in {folder}: run `course build`"))
+            continue
+        problems = hash_problems(folder)
+        if not problems:
+            try:
+                check_folder(folder, family)
+            except CourseError as err:
+                problems = [str(err)]
+        checks.append((not problems, f"shipped model {family}" + (f": {'; '.join(problems)}" if problems else
+                                                                  " (every file matches its recorded sha256)")))
     return checks
 
 
@@ -74,11 +125,6 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from course_utils.build import build_all
-    from course_utils.paths import DATA_DIR
-    from course_utils.profiles import set_offline
-    from course_utils.zoo import FAMILIES, check_family
-
     set_offline(True)
     families = [check_family(f) for f in (args.family or FAMILIES)]
     build_all(families, Path(args.out) if args.out else DATA_DIR, smoke=args.smoke, data_only=args.data_only,
@@ -87,8 +133,6 @@ def cmd_build(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from course_utils.runner import format_table, run_lessons
-
     results, out_dir = run_lessons(args.lessons, write=args.write, keep_going=args.keep_going)
     print(format_table(results))
     print(f"executed notebooks and benchmark.json in {out_dir}")
@@ -99,8 +143,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from course_utils.report import write_report
-
     out = write_report(Path(args.out) if args.out else None)
     print(f"wrote {out.name} in {out.parent.name}/ (open it in a browser)")
     return 0

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Sequence
 
 from course_utils.paths import REPO_DIR
-from course_utils.runner import lesson_notebooks
+from course_utils.tools.runner import lesson_notebooks
+
 
 GLOSSARY = REPO_DIR / "docs" / "GLOSSARY.md"
 LINK_PREFIX = "../docs/GLOSSARY.md#"

@@ -17,7 +17,8 @@ from typing import Any, Sequence
 from course_utils.errors import CourseError
 from course_utils.paths import NOTEBOOKS_DIR, RUNS_DIR
 from course_utils.results import load_results, results_dir, saved_lessons
-from course_utils.runner import lesson_notebooks
+from course_utils.tools.runner import lesson_notebooks
+
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
@@ -26,7 +27,44 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f3f3f3; } td.text { text-align: left; }
 .pass { color: #176b2c; font-weight: 600; } .fail { color: #a31515; font-weight: 600; }
 .missing { color: #8a6d00; } .echo { color: #555; font-style: italic; }
+.held { color: #176b2c; } .mixed { color: #8a6d00; } .notrep { color: #a31515; }
 """
+
+
+def _interval(claim: dict[str, Any]) -> str:
+    mean, low, high = claim.get("mean"), claim.get("95% low"), claim.get("95% high")
+    if mean is None:
+        return "-"
+    return f"{mean:.3g}" if low is None or high is None else f"{mean:.3g} [{low:.3g}, {high:.3g}]"
+
+
+def scoreboard_rows(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every declared claim of every lesson: lesson, claim, published figure, our mean and interval, verdict."""
+    rows = []
+    for lesson, record in records.items():
+        for claim in record.get("claims", []):
+            rows.append({"lesson": lesson, "claim": claim.get("claim", ""), "published": claim.get("published", ""),
+                         "our mean [95% interval]": _interval(claim), "held in": claim.get("held in", ""),
+                         "verdict": claim.get("verdict", ""), "as declared": claim.get("as declared")})
+    return rows
+
+
+def scoreboard_html(records: dict[str, dict[str, Any]]) -> str:
+    """The course-wide scoreboard, first on the page; lessons not yet on declared claims are listed below it."""
+    rows = scoreboard_rows(records)
+    legacy = [lesson for lesson, r in records.items() if not r.get("claims")]
+    classes = {"held": "held", "mixed": "mixed", "not reproduced": "notrep"}
+    body = "".join(
+        "<tr>" + "".join(f'<td class="text">{html.escape(str(r[k]))}</td>'
+                         for k in ("lesson", "claim", "published", "our mean [95% interval]", "held in"))
+        + f'<td class="text {classes.get(r["verdict"], "")}">{html.escape(r["verdict"])}</td>'
+        + f'<td class="text">{"yes" if r["as declared"] else "NO"}</td></tr>' for r in rows)
+    head = "".join(f"<th>{c}</th>" for c in ("lesson", "claim", "published", "our mean [95% interval]", "held in",
+                                            "verdict", "as declared"))
+    table = f"<table><tr>{head}</tr>{body}</table>" if rows else "<p>No lesson has saved declared claims yet.</p>"
+    note = (f"<p class=\"missing\">Lessons still on single-seed checks (not declared claims): "
+            f"{html.escape(', '.join(legacy))}.</p>" if legacy else "")
+    return f"<h2 id=\"scoreboard\">Scoreboard: every declared claim, over the seeds</h2>{table}{note}"
 
 
 def latest_benchmarks(runs_dir: Path = RUNS_DIR) -> dict[str, dict[str, Any]]:
@@ -87,18 +125,19 @@ def build_report(results: Path | None = None, runs_dir: Path = RUNS_DIR,
     if not saved:
         raise CourseError(f"no saved lesson results in {directory.name}/; run the lessons first (`course run`)")
     bench = latest_benchmarks(runs_dir)
-    summary, sections = [], []
+    summary, sections, records = [], [], {}
     for lesson in sorted(set(lessons) | saved):
+        name = html.escape(lesson)
         if lesson not in saved:
-            summary.append(f'<tr><td class="text">{lesson}</td><td class="missing" colspan="3">not run yet</td></tr>')
+            summary.append(f'<tr><td class="text">{name}</td><td class="missing" colspan="3">not run yet</td></tr>')
             continue
-        record = load_results(lesson, directory)
+        record = records[lesson] = load_results(lesson, directory)
         checks = record.get("checks", {})
         held = sum(bool(v) for v in checks.values())
         cls = "pass" if held == len(checks) else "fail"
         b = bench.get(lesson)
         runtime = f"{b['seconds']:.0f} s" if b else "-"
-        summary.append(f'<tr><td class="text"><a href="#{lesson}">{lesson}</a></td>'
+        summary.append(f'<tr><td class="text"><a href="#{name}">{name}</a></td>'
                        f'<td class="{cls}">{held}/{len(checks)}</td><td>{runtime}</td>'
                        f'<td class="text echo">{html.escape(record.get("echoes", ""))}</td></tr>')
         sections.append(lesson_section(record, b))
@@ -106,6 +145,7 @@ def build_report(results: Path | None = None, runs_dir: Path = RUNS_DIR,
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>Course report</title>"
             f"<style>{_STYLE}</style></head><body><h1>What the course measured</h1>"
             f"<p>Generated {stamp} from the lessons' saved results; every number below was computed by a notebook.</p>"
+            f"{scoreboard_html(records)}<h2>Lessons</h2>"
             f"<table><tr><th>lesson</th><th>checks held</th><th>runtime</th><th>echoes</th></tr>{''.join(summary)}"
             f"</table>{''.join(sections)}</body></html>\n")
 

@@ -1,0 +1,140 @@
+"""Text to ids and back to the model: the course's one home for tokenisation conventions, chat prompts, padding
+and device placement.
+
+Every helper that feeds a model goes through these few functions, so one convention holds everywhere:
+- a sequence starts with a fixed first token (`bos_id`: BOS, or EOS where the tokenizer has no BOS, as Qwen2);
+- a chat prompt is the tokenizer's own chat template with the assistant turn opened (`chat_turn`);
+- batches are padded with `pad_id` (the pad token, else EOS), left-padded for generation, right-padded otherwise;
+- tensors go to the device the model's weights live on (`model_device`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+
+from course_utils.data import DataError
+from course_utils.errors import check_count
+
+
+def bos_id(tokenizer) -> int:
+    """The id every sequence starts with: BOS where the tokenizer has one, else EOS (Qwen2 has no BOS).
+
+    A fixed first token matters: without it, the first position's prediction is noise that dominates
+    distribution-shift measurements (LIBRARY_NOTES: about 8 nats of KL).
+    """
+    tid = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if tid is None:
+        raise DataError(f"tokenizer {type(tokenizer).__name__} has neither a BOS nor an EOS token")
+    return tid
+
+
+def pad_id(tokenizer) -> int:
+    """The id that fills a padded batch: the pad token where the tokenizer has one, else EOS (GPT-2 has none)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def encode(tokenizer, text: str, add_bos: bool = True, add_eos: bool = False,
+           max_tokens: int | None = None) -> list[int]:
+    """Token ids of `text` with the course's conventions: BOS first, optional EOS last, no other specials.
+
+    `max_tokens` keeps at most that many ids, exactly `encode(...)[:max_tokens]`, without tokenising a huge text
+    whole: only a prefix long enough to hold them is tokenised (a 20 MB text costs what its first words cost).
+    """
+    if not isinstance(text, str):
+        raise DataError(f"encode: text is {type(text).__name__} ({text!r:.40}), not str")
+    head = [bos_id(tokenizer)] if add_bos else []
+    tail = [tokenizer.eos_token_id] if add_eos else []
+    if max_tokens is None:
+        return head + tokenizer(text, add_special_tokens=False)["input_ids"] + tail
+    max_tokens = check_count(max_tokens, "encode", "max_tokens", minimum=1, error=DataError)
+    return (head + _leading_ids(tokenizer, text, max_tokens - len(head)) + tail)[:max_tokens]
+
+
+# A space after a non-space: every tokenizer the course uses starts a new word there (GPT-2-style byte-level and
+# SentencePiece pre-tokenizers alike), so the text before it tokenises to exactly the whole text's first ids.
+_WORD_START = re.compile(r"(?<=\S) ")
+
+
+def _leading_ids(tokenizer, text: str, n: int) -> list[int]:
+    """At least the first `n` token ids of `text` (no specials added), all of them when the text is short.
+
+    Tokenises a prefix that ends at a word start and holds about 8 characters per wanted token, doubling it until
+    it holds `n` ids; a text without such a word start is tokenised whole (still correct, just not faster).
+    """
+    bound = 8 * max(n, 0) + 64
+    while bound < len(text):
+        cut = _WORD_START.search(text, bound)
+        if cut is None:
+            break
+        ids = tokenizer(text[:cut.start()], add_special_tokens=False)["input_ids"]
+        if len(ids) >= n:
+            return ids
+        bound = 2 * cut.start()
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def position_limit(model) -> int | None:
+    """How many positions the model can attend over (`max_position_embeddings`, GPT-2's `n_positions`), or None.
+
+    GPT-2 learns one embedding per position, so position 257 of a 256-position model does not exist; rotary
+    models (Qwen2, Llama) run past it but were never trained there. Either way, longer input is a mistake."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def encode_for(model, tokenizer, text: str, where: str, what: str, add_bos: bool = True, add_eos: bool = False,
+               reserve: int = 0) -> list[int]:
+    """`encode` for feeding `model`: ids that, with `reserve` more positions (new tokens, a prompt before them),
+    fit the model's positions; else a one-line `DataError` naming `where` and `what`. Never tokenises far past
+    the limit, so an over-long text fails fast instead of deep inside torch."""
+    limit = position_limit(model)
+    ids = encode(tokenizer, text, add_bos, add_eos, max_tokens=None if limit is None else max(limit - reserve + 1, 1))
+    if limit is not None and len(ids) + reserve > limit:
+        raise DataError(f"{where}: {what} needs at least {len(ids) + reserve} positions but the model has only "
+                        f"{limit} (model.config.max_position_embeddings); shorten it")
+    return ids
+
+
+def check_texts(texts: Sequence[str], where: str, what: str = "text") -> None:
+    """`texts` is a list of strings; else one line naming the helper and the first bad item."""
+    if isinstance(texts, str) or not hasattr(texts, "__len__"):
+        raise DataError(f"{where}: expected a list of {what}s, got {type(texts).__name__}")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise DataError(f"{where}: {what} {i} is {type(t).__name__}, not str")
+
+
+def chat_turn(tokenizer, message: str) -> str:
+    """`message` as the user turn of the tokenizer's chat template, with the assistant turn opened."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def model_device(model) -> torch.device:
+    """The device the model's weights live on: inputs are moved there, whichever profile is running."""
+    return next(model.parameters()).device
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of variable-length sequences padded with `pad`: on the left for generation (so every
+    prompt ends where the new tokens begin), on the right for scoring."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        sl = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, sl] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, sl] = 1
+    return ids, mask
+
+
+LIBRARY_CALLS = {
+    "transformers:PreTrainedTokenizerBase.apply_chat_template": ["conversation", "tokenize", "add_generation_prompt"],
+}
