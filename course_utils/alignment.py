@@ -28,12 +28,13 @@ import torch
 
 from course_utils import zoo
 from course_utils.classify import classifier_from  # noqa: F401  (lesson 08 builds its reward model as A.classifier_from)
-from course_utils.data import DataError
 from course_utils.config import CourseConfig, Limit
+from course_utils.data import DataError
 from course_utils.errors import CourseError, check_rows
 from course_utils.evaluate import continuation_logprobs
 from course_utils.profiles import choose_profile
 from course_utils.text import bos_id, model_device, pad_batch, pad_id
+from course_utils.train import with_finite_guard
 from course_utils.world import ANSWERS, QUESTIONS, REFUSALS, REFUSAL_MARKERS, World
 
 
@@ -43,13 +44,13 @@ _COMMON_ARGS = ["output_dir", "report_to", "save_strategy", "logging_steps", "ma
                 "per_device_train_batch_size", "lr_scheduler_type", "warmup_steps", "seed", "data_seed", "use_cpu",
                 "disable_tqdm", "dataloader_num_workers", "activation_checkpointing", "bf16", "max_length"]
 LIBRARY_CALLS = {
-    "trl:SFTTrainer.__init__": ["model", "args", "train_dataset", "processing_class"],
+    "trl:SFTTrainer.__init__": ["model", "args", "train_dataset", "processing_class", "callbacks"],
     "trl:SFTConfig": _COMMON_ARGS + ["completion_only_loss"],
-    "trl:DPOTrainer.__init__": ["model", "ref_model", "args", "train_dataset", "processing_class"],
+    "trl:DPOTrainer.__init__": ["model", "ref_model", "args", "train_dataset", "processing_class", "callbacks"],
     "trl:DPOConfig": _COMMON_ARGS + ["beta", "loss_type", "loss_weights"],
-    "trl:RewardTrainer.__init__": ["model", "args", "train_dataset", "processing_class"],
+    "trl:RewardTrainer.__init__": ["model", "args", "train_dataset", "processing_class", "callbacks"],
     "trl:RewardConfig": _COMMON_ARGS,
-    "trl:GRPOTrainer.__init__": ["model", "reward_funcs", "args", "train_dataset", "processing_class"],
+    "trl:GRPOTrainer.__init__": ["model", "reward_funcs", "args", "train_dataset", "processing_class", "callbacks"],
     "trl:GRPOConfig": [k for k in _COMMON_ARGS if k != "max_length"] + [
         "beta", "num_generations", "max_completion_length", "temperature", "generation_kwargs"],
     "transformers:GenerationMixin.generate": ["inputs"],
@@ -349,7 +350,7 @@ def sft_train(model, tokenizer, rows: Sequence[dict[str, str]], settings: AlignC
     check_rows(rows, "sft_train", keys=["prompt", "completion"], error=DataError)
     args = _trl_args(SFTConfig, settings, max_length=settings.max_length, completion_only_loss=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=_dataset(rows, ["prompt", "completion"]),
-                         processing_class=tokenizer)
+                         processing_class=tokenizer, callbacks=with_finite_guard())
     _quiet(trainer, settings.progress).train()
     return _release(trainer)
 
@@ -372,7 +373,7 @@ def dpo_train(model, tokenizer, pairs: Sequence[dict[str, str]], settings: Align
     loss = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, float(nll_weight)]) if nll_weight > 0 else {}
     args = _trl_args(DPOConfig, settings, max_length=settings.max_length, beta=settings.beta, **loss)
     trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=_dataset(pairs, PAIR_FIELDS),
-                         processing_class=tokenizer)
+                         processing_class=tokenizer, callbacks=with_finite_guard())
     _quiet(trainer, settings.progress).train()
     return _release(trainer)
 
@@ -385,7 +386,7 @@ def reward_train(reward_model, tokenizer, pairs: Sequence[dict[str, str]], setti
     check_pairs(pairs, where="reward_train")
     args = _trl_args(RewardConfig, settings, max_length=settings.max_length)
     trainer = RewardTrainer(model=reward_model, args=args, train_dataset=_dataset(pairs, PAIR_FIELDS),
-                            processing_class=tokenizer)
+                            processing_class=tokenizer, callbacks=with_finite_guard())
     _quiet(trainer, settings.progress).train()
     return _release(trainer)
 
@@ -476,7 +477,7 @@ def rl_train(model, tokenizer, requests: Sequence[str], reward_fn: Callable[...,
                       temperature=s.temperature, generation_kwargs={"eos_token_id": stop_ids(tokenizer)})
     data = _dataset([{"prompt": chat_prompt(tokenizer, r)} for r in requests], ["prompt"])
     trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=data,
-                          processing_class=tokenizer)
+                          processing_class=tokenizer, callbacks=with_finite_guard())
     _quiet(trainer, settings.progress).train()
     return _release(trainer)
 

@@ -543,7 +543,7 @@ def representations(model, tokenizer, rows: Sequence[dict[str, Any]], max_length
     device = model_device(model)
     out = []
     for start in range(0, len(rows), batch_size):
-        seqs = [encode(tokenizer, r["text"])[:max_length] for r in rows[start:start + batch_size]]
+        seqs = [encode(tokenizer, r["text"], max_tokens=max_length) for r in rows[start:start + batch_size]]
         ids, mask = pad_batch(seqs, tokenizer.pad_token_id)
         out.append(pooled_representation(model, ids.to(device), mask.to(device))[0].float().cpu().numpy())
     return np.concatenate(out)

@@ -77,7 +77,7 @@ def tokenize_labelled(tokenizer, rows: Sequence[dict[str, Any]], max_length: int
             raise DataError(f"tokenize_labelled row {i}: {label_key!r} is {label!r}, not an integer class")
         if num_labels is not None and not 0 <= label < num_labels:
             raise DataError(f"tokenize_labelled row {i}: {label_key!r} is {label}, outside [0, {num_labels})")
-        ids = encode(tokenizer, row[text_key])[:max_length]
+        ids = encode(tokenizer, row[text_key], max_tokens=max_length)
         data.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": int(row[label_key])})
     return Dataset.from_list(data)
 
@@ -118,7 +118,7 @@ def predict_proba(model, tokenizer, rows: Sequence[dict[str, Any]], max_length: 
     device = model_device(model)
     out = []
     for start in range(0, len(rows), batch_size):
-        seqs = [encode(tokenizer, r[text_key])[:max_length] for r in rows[start:start + batch_size]]
+        seqs = [encode(tokenizer, r[text_key], max_tokens=max_length) for r in rows[start:start + batch_size]]
         ids, mask = pad_batch(seqs, tokenizer.pad_token_id)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         out.append(torch.softmax(logits, -1).cpu().numpy())

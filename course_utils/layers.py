@@ -67,7 +67,7 @@ def linear_cka(x, y) -> float:
 def _probe_batch(tokenizer, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     if len(texts) == 0:
         raise LayerError("no probe texts given")
-    return pad_batch([encode(tokenizer, t)[:max_length] for t in texts], tokenizer.pad_token_id)
+    return pad_batch([encode(tokenizer, t, max_tokens=max_length) for t in texts], tokenizer.pad_token_id)
 
 
 @torch.no_grad()

@@ -188,7 +188,7 @@ def text_shift(base, tuned, tokenizer, texts: Sequence[str], batch_size: int = 3
     if len(texts) == 0:
         raise ShiftError("text_shift: no texts given")
     check_compatible(base, tuned, tokenizer)
-    items = [(encode(tokenizer, t, add_eos=True)[:max_length], 1) for t in texts]
+    items = [(encode(tokenizer, t, add_eos=True, max_tokens=max_length), 1) for t in texts]
     rows = _compare(base, tuned, tokenizer, items, "tuned", batch_size, top_k)
     for row in rows:
         row["prompt"] = texts[row["item"]]

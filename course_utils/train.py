@@ -38,7 +38,7 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int = 128):
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise DataError(f"tokenize_texts: text {i} is {type(text).__name__}, not str")
-        ids = encode(tokenizer, text, add_eos=True)[:max_length]
+        ids = encode(tokenizer, text, add_eos=True, max_tokens=max_length)
         rows.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
     return Dataset.from_list(rows)
 

@@ -450,3 +450,16 @@ def test_a_text_exactly_at_the_limit_still_works(gpt2_model):
 def test_zz_report_how_many_inputs_were_tried():
     print(f"\nintegrity inputs tried: {INPUTS_TRIED['n']}")
     assert INPUTS_TRIED["n"] > 250
+
+
+def test_a_huge_text_is_cut_where_it_enters_not_tokenised_whole():
+    import time
+
+    from course_utils.train import tokenize_texts
+
+    _, tok = zoo.load("gpt2")
+    huge = "Veltra has a harbour. " * 1_000_000  # about 22 MB
+    start = time.perf_counter()
+    ids = tokenize_texts(tok, [huge], max_length=64)[0]["input_ids"]
+    assert len(ids) == 64 and time.perf_counter() - start < 5
+    assert ids == text.encode(tok, "Veltra has a harbour. " * 20, add_eos=True)[:64]
