@@ -20,6 +20,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import torch
+from transformers import TrainerCallback
+
 from course_utils import zoo
 from course_utils.config import CourseConfig, training_args
 from course_utils.errors import CourseError, check_rate
@@ -45,6 +48,7 @@ LIBRARY_CALLS = {
 
 VAL, TRAIN = "val", "train"          # names of the two evaluated sets; metrics are eval_val_loss, eval_train_loss
 BEST_METRIC = f"eval_{VAL}_loss"
+TASK_METRIC = f"eval_{VAL}_bio_acc"  # the validation people's biography accuracy, added by `EpochProbe`
 
 
 class OverfitError(CourseError):
@@ -188,9 +192,32 @@ class _DropOtherSetWarning(logging.Filter):
         return "early stopping required metric_for_best_model" not in record.getMessage()
 
 
+class EpochProbe(TrainerCallback):
+    """At every validation evaluation: the biography accuracy on the validation people (put into the metrics as
+    `eval_val_bio_acc`) and a copy of the weights, so any epoch can be reloaded and judged on the test people later.
+
+    In transformers 5.x `on_evaluate` receives the very dict that `_determine_best_metric` reads next, so
+    `metric_for_best_model="eval_val_bio_acc"` would also work (list this callback before `EarlyStoppingCallback`);
+    the lesson replays the stopping rules on one run instead, which costs one training run rather than three."""
+
+    def __init__(self, tokenizer, people: Sequence) -> None:
+        self.tokenizer, self.people = tokenizer, list(people)
+        self.rows: list[dict[str, float]] = []
+        self.weights: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        if not metrics or BEST_METRIC not in metrics or model is None:
+            return control          # the training-set evaluation: nothing to add
+        acc = biography_accuracy(model, self.tokenizer, self.people)
+        metrics[TASK_METRIC] = acc
+        self.rows.append({"step": state.global_step, "val_bio_acc": acc})
+        self.weights[state.global_step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return control
+
+
 def train_setting(setting: Setting, family: str, train_dataset, val_dataset, data_collator,
                   config: OverfitConfig = OverfitConfig(), output_dir: str | None = None,
-                  num_labels: int | None = None):
+                  num_labels: int | None = None, extra_callbacks: Sequence = ()):
     """Fine-tune the shipped `family` model under `setting`; the trainer's log holds train and validation loss per
     epoch (both measured in eval mode on the whole set, so dropout does not inflate the training loss).
 
@@ -210,7 +237,7 @@ def train_setting(setting: Setting, family: str, train_dataset, val_dataset, dat
     if setting.lora_rank:
         model = apply_lora(model, r=setting.lora_rank, dropout=setting.dropout,
                            task_type="SEQ_CLS" if num_labels else "CAUSAL_LM")
-    callbacks = []
+    callbacks = list(extra_callbacks)
     if setting.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=setting.early_stopping_patience))
         logging.getLogger("transformers.trainer_callback").addFilter(_DropOtherSetWarning())
@@ -329,3 +356,42 @@ def run_setting(setting: Setting, family: str, task: BioTask, tokenizer, config:
     row = {"setting": setting.name, **summary, "kept step": kept,
            "biography accuracy": biography_accuracy(trainer.model, tokenizer, task.test)}
     return row, curves, trainer
+
+
+def kept_by_early_stopping(values: Sequence[float], patience: int, greater_is_better: bool = False) -> int:
+    """Index of the evaluation `EarlyStoppingCallback` + `load_best_model_at_end` would keep, for a sequence of
+    validation losses (or, with `greater_is_better`, of a validation metric such as accuracy)."""
+    signed = [-float(v) for v in values] if greater_is_better else [float(v) for v in values]
+    return early_stopping_trace(signed, patience)["kept"]
+
+
+def stopping_rules(family: str, task: BioTask, tokenizer, config: OverfitConfig = OverfitConfig(),
+                   patience: int = 2) -> tuple[list[dict[str, Any]], list[dict[str, float]]]:
+    """Train once without mitigation to the end, then compare three choices of the model to keep: the last one,
+    the one early stopping on validation loss keeps, and the one early stopping on the validation biography
+    accuracy keeps (both with `patience`). Selection reads only the validation people; every kept model is judged
+    on the test people. Early stopping would have stopped this same run (same seed, same data order) sooner, so
+    its kept checkpoint is one of this run's epochs.
+
+    Returns (rows, curves): one row per rule (curve summary at the kept step, kept epoch, test biography accuracy)
+    and the per-epoch curves with `val_bio_acc` added."""
+    probe = EpochProbe(tokenizer, task.val)
+    trainer = train_setting(Setting("no mitigation"), family, task.dataset(tokenizer, task.train),
+                            task.dataset(tokenizer, task.val), causal_collator(tokenizer), config,
+                            extra_callbacks=[probe])
+    acc_by_step = {r["step"]: r["val_bio_acc"] for r in probe.rows}
+    curves = [dict(r, val_bio_acc=acc_by_step[r["step"]]) for r in loss_curves(trainer)]
+    kept = {"no mitigation": len(curves) - 1,
+            "early stopping": kept_by_early_stopping([r["val_loss"] for r in curves], patience),
+            "early stopping on task metric": kept_by_early_stopping([r["val_bio_acc"] for r in curves], patience,
+                                                                    greater_is_better=True)}
+    model, final = trainer.model, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    rows = []
+    for name, i in kept.items():
+        step = curves[i]["step"]
+        model.load_state_dict(probe.weights[step])
+        rows.append({"setting": name, **curve_summary(curves, step), "kept step": step,
+                     "val biography accuracy": curves[i]["val_bio_acc"],
+                     "biography accuracy": biography_accuracy(model, tokenizer, task.test)})
+    model.load_state_dict(final)
+    return rows, curves

@@ -82,3 +82,23 @@ def test_bio_task_is_disjoint_and_facts_stated_counts_only_own_sentences():
     assert O.facts_stated(person, half) == 0.5
     with pytest.raises(O.OverfitError, match="need 1 <= sizes"):
         O.bio_task(make_world(), n_train=0)
+
+
+@pytest.mark.parametrize("values, greater, kept", [
+    ([1.8, 1.0, 0.9, 1.0, 1.1, 1.2], False, 2),          # validation loss: keep the minimum
+    ([0.1, 0.5, 0.4, 0.45, 0.6, 0.7], True, 1),          # accuracy, patience 2: a dip stops it early
+    ([0.1, 0.3, 0.5, 0.6], True, 3),                     # accuracy still rising: keeps the last
+    ([0.4, 0.4, 0.4], True, 0),                          # equal is not an improvement
+])
+def test_kept_by_early_stopping_on_loss_and_on_a_metric(values, greater, kept):
+    assert O.kept_by_early_stopping(values, patience=2, greater_is_better=greater) == kept
+
+
+def test_epoch_probe_only_acts_on_the_validation_evaluation():
+    class State:
+        global_step = 7
+
+    probe = O.EpochProbe(tokenizer=None, people=[])
+    train_metrics = {"eval_train_loss": 0.5}
+    assert probe.on_evaluate(None, State(), "control", metrics=train_metrics, model=object()) == "control"
+    assert train_metrics == {"eval_train_loss": 0.5} and probe.rows == [] and probe.weights == {}
