@@ -8,7 +8,7 @@ lesson module never imports another lesson module (what two lessons share lives 
     errors     the course's error type and its one vocabulary of input checks (rates, counts, rows, models)
     paths      where the repository, shipped data, models and run outputs live
     data       JSONL files in and out, with errors that name the file and line
-    profiles   `setup()`: cpu or gpu profile, device, seeds, offline guard, environment report
+    profiles   `setup()`: cpu or gpu profile, the one device helper (`place`), seeds, offline guard, report
     results    each lesson's saved table, in one documented format
     tokenizer  the course's byte-level BPE tokenizer
     text       text to ids: BOS/EOS conventions, chat prompts, padding, device placement
@@ -33,7 +33,7 @@ lesson module never imports another lesson module (what two lessons share lives 
     bias (07), alignment and safety_filter (08), capstone (09)
 
 **Tools** (`course_utils.tools`, never imported by a notebook): cli (the `course` command), runner, report,
-glossary, build, launch, api_contract.
+glossary, build, launch, api_contract, standins (offline look-alikes of the hub checkpoints for gpu rehearsals).
 """
 
 import os as _os

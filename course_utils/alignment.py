@@ -32,7 +32,7 @@ from course_utils.config import CourseConfig, Limit
 from course_utils.data import DataError
 from course_utils.errors import CourseError, check_rows
 from course_utils.evaluate import continuation_logprobs
-from course_utils.profiles import choose_profile
+from course_utils.profiles import choose_profile, place
 from course_utils.text import bos_id, model_device, pad_batch, pad_id
 from course_utils.train import with_finite_guard
 from course_utils.world import ANSWERS, QUESTIONS, REFUSALS, REFUSAL_MARKERS, World
@@ -607,7 +607,7 @@ def load_chat_model(family: str, profile: str | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(CHAT_MODELS[family])
-    model = AutoModelForCausalLM.from_pretrained(CHAT_MODELS[family], dtype=torch.float32).to("cuda")
+    model = place(AutoModelForCausalLM.from_pretrained(CHAT_MODELS[family], dtype=torch.float32))
     return model, tokenizer
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from course_utils.errors import CourseError
+from course_utils.profiles import use_cpu
 
 
 class ConfigError(CourseError, ValueError):
@@ -167,7 +168,6 @@ def training_args(output_dir: str | None = None, **overrides):
 
     Pass any `TrainingArguments` keyword to override. The defaults keep a notebook's run short and quiet.
     """
-    import torch
     import transformers
     from transformers import TrainingArguments
 
@@ -175,7 +175,7 @@ def training_args(output_dir: str | None = None, **overrides):
         output_dir=output_dir or tempfile.mkdtemp(prefix="course-run-"),
         report_to="none", save_strategy="no", logging_strategy="steps", logging_steps=50,
         per_device_train_batch_size=16, learning_rate=5e-4, lr_scheduler_type="constant_with_warmup",
-        warmup_steps=10, seed=0, data_seed=0, use_cpu=not torch.cuda.is_available(),
+        warmup_steps=10, seed=0, data_seed=0, use_cpu=use_cpu(),
         dataloader_num_workers=0, disable_tqdm=True, remove_unused_columns=False)
     defaults.update(overrides)
     known = inspect.signature(TrainingArguments).parameters

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO_DIR = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
 # Made absolute once: a relative path from the environment must mean the same folder in a kernel whose working
 # directory is notebooks/ as in the shell that started it.
 DATA_DIR = Path(os.environ.get("COURSE_DATA_DIR", REPO_DIR / "data_samples")).expanduser().resolve()

@@ -68,6 +68,34 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+DEVICES = ("cuda", "cpu")
+
+
+def course_device(profile: str | None = None) -> str:
+    """Where the course puts models and training: `cuda` in the gpu profile, `cpu` in the cpu profile.
+
+    `COURSE_DEVICE=cpu` runs the gpu profile's code on the CPU: with stand-in checkpoints
+    (`course standins`) that rehearses the exact code path a Colab learner runs, on a machine without CUDA.
+    Every placement of a model goes through here (`place`), so no lesson hard-codes `"cuda"`.
+    """
+    forced = os.environ.get("COURSE_DEVICE", "").strip().lower()
+    if forced and forced not in DEVICES:
+        raise ProfileError(f"COURSE_DEVICE must be one of {DEVICES}, got {forced!r}")
+    if choose_profile(profile) == "cpu":
+        return "cpu"
+    return forced or "cuda"
+
+
+def use_cpu(profile: str | None = None) -> bool:
+    """True when training must stay on the CPU (the `use_cpu` of `TrainingArguments`)."""
+    return course_device(profile) == "cpu"
+
+
+def place(model, profile: str | None = None):
+    """Move `model` to the course's device (see `course_device`) and return it."""
+    return model.to(course_device(profile))
+
+
 def choose_profile(requested: str | None = None) -> str:
     """`requested`, else `COURSE_PROFILE`, else `gpu` when CUDA is present, else `cpu`."""
     if requested is not None and not isinstance(requested, str):
@@ -209,14 +237,16 @@ def setup(profile: str | None = None, seed: int | None = None, quiet: bool = Fal
     seed = check_seed(seed, "setup") if seed is not None else chosen_seeds[0]
     chosen = choose_profile(profile)
     gpu_name = gpu_mem = None
-    if chosen == "gpu":
+    device = course_device(chosen)
+    if device == "cuda":
         gpu_name, gpu_mem = check_gpu_profile()
-    set_offline(chosen == "cpu")
+    if chosen == "cpu":  # the gpu profile leaves the hub settings as the learner has them (a rehearsal sets offline)
+        set_offline(True)
     seed_everything(seed)
     hf_logging.set_verbosity_error()  # keep notebooks readable: no config chatter, errors still raise
     hf_logging.disable_progress_bar()  # no "Loading weights" bars for a 1 M-parameter model
-    env = Environment(profile=chosen, device="cuda" if chosen == "gpu" else "cpu", seed=seed,
-                      offline=chosen == "cpu", threads=configure_threads(), seeds=chosen_seeds,
+    env = Environment(profile=chosen, device=device, seed=seed,
+                      offline=chosen == "cpu" or os.environ.get("HF_HUB_OFFLINE", "") == "1", threads=configure_threads(), seeds=chosen_seeds,
                       versions={name: package_version(name) for name in REPORTED_PACKAGES},
                       gpu_name=gpu_name, gpu_memory_gb=gpu_mem)
     if not quiet:

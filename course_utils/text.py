@@ -111,6 +111,21 @@ def check_texts(texts: Sequence[str], where: str, what: str = "text") -> None:
             raise DataError(f"{where}: {what} {i} is {type(t).__name__}, not str")
 
 
+# For hub tokenizers that ship without a chat template (GPT-2): plain role lines, no new special tokens, so the
+# embedding table needs no new rows; the assistant's turn ends with EOS, which is where generation stops.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+
+
+def ensure_chat_template(tokenizer):
+    """Give a tokenizer without a chat template (GPT-2's) the plain one above; leave every other one as it is."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    return tokenizer
+
+
 def chat_turn(tokenizer, message: str) -> str:
     """`message` as the user turn of the tokenizer's chat template, with the assistant turn opened."""
     return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,

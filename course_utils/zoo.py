@@ -24,7 +24,8 @@ from pathlib import Path
 
 from course_utils.errors import CourseError, check_model
 from course_utils.paths import MODELS_DIR
-from course_utils.profiles import choose_profile
+from course_utils.profiles import choose_profile, place
+from course_utils.text import ensure_chat_template
 
 
 FAMILIES = ("gpt2", "qwen2", "llama")
@@ -316,6 +317,9 @@ def load_hub(family: str, model_class=None, **kwargs):
                        f"{str(err).splitlines()[0]}; use the cpu profile for the shipped tiny models") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    ensure_chat_template(tokenizer)
+    if "device_map" not in kwargs:  # a quantised load places itself; everything else goes to the course device
+        model = place(model)
     return model, tokenizer
 
 

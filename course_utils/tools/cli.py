@@ -6,6 +6,10 @@
     course build --smoke --out DIR   the same code path in a few steps, into a scratch folder (CI does this)
     course run [LESSON ...]  execute lessons in order; prints runtime, peak memory and pass/fail per lesson
     course report            one HTML page (runs/report.html) with every lesson's measured table and checks
+    course standins DIR      write offline stand-ins of every hub checkpoint the gpu profile loads (a hub cache)
+    course rehearse [LESSON ...] [--device cpu|cuda] [--hub]
+                             run lessons through the gpu profile's code: on stand-ins (default) or the real hub
+                             checkpoints (--hub), on the CPU or CUDA; prints time, peak memory and peak GPU memory
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from course_utils.tools.api_contract import check_contract
 from course_utils.tools.build import build_all, hash_problems
 from course_utils.data import DataError, read_jsonl
 from course_utils.errors import CourseError
-from course_utils.paths import DATA_DIR, MODELS_DIR
+from course_utils.paths import DATA_DIR, MODELS_DIR, RUNS_DIR
 from course_utils.profiles import choose_profile, package_version, set_offline
 from course_utils.tools.report import write_report
 from course_utils.tools.runner import format_table, run_lessons
+from course_utils.tools.standins import rehearsal_env, write_standins
 from course_utils.world import DATA_FILES
 from course_utils.zoo import FAMILIES, check_family, check_folder
 
@@ -142,6 +147,29 @@ def cmd_run(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_standins(args) -> int:
+    out = Path(args.dir).resolve()
+    for snapshot in write_standins(out):
+        print(f"wrote {snapshot}")
+    print(f"use them with: HF_HOME={out} HF_HUB_OFFLINE=1 COURSE_PROFILE=gpu COURSE_DEVICE=cpu")
+    return 0
+
+
+def cmd_rehearse(args) -> int:
+    """The gpu profile's code path, lesson by lesson: claims are shown, not asserted (`COURSE_REHEARSAL=1`)."""
+    if args.hub:
+        environ = {"COURSE_PROFILE": "gpu", "COURSE_DEVICE": args.device, "COURSE_REHEARSAL": "1"}
+    else:
+        cache = Path(args.cache).resolve() if args.cache else (RUNS_DIR / "standins").resolve()
+        write_standins(cache)
+        environ = rehearsal_env(cache, args.device)
+    environ["COURSE_SEEDS"] = args.seeds
+    results, out_dir = run_lessons(args.lessons, keep_going=True, environ=environ)
+    print(format_table(results))
+    print(f"executed notebooks and benchmark.json in {out_dir.resolve()}")
+    return 1 if any(not r.passed for r in results) else 0
+
+
 def cmd_report(args) -> int:
     out = write_report(Path(args.out) if args.out else None)
     print(f"wrote {out.name} in {out.parent.name}/ (open it in a browser)")
@@ -166,6 +194,16 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--write", action="store_true", help="store the fresh outputs in the committed notebooks")
     r.add_argument("--keep-going", action="store_true", help="run the remaining lessons after a failure")
     r.set_defaults(func=cmd_run)
+    st = sub.add_parser("standins", help="write offline stand-ins of the gpu profile's hub checkpoints")
+    st.add_argument("dir", help="the folder to use as HF_HOME")
+    st.set_defaults(func=cmd_standins)
+    rh = sub.add_parser("rehearse", help="run lessons through the gpu profile's code (stand-ins or hub models)")
+    rh.add_argument("lessons", nargs="*", help="lesson numbers or names (default: all)")
+    rh.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where models go (default: cpu)")
+    rh.add_argument("--hub", action="store_true", help="the real hub checkpoints instead of stand-ins (needs network)")
+    rh.add_argument("--cache", help="where to write the stand-ins (default: runs/standins)")
+    rh.add_argument("--seeds", default="0", help="COURSE_SEEDS for the rehearsal (default: one seed, '0')")
+    rh.set_defaults(func=cmd_rehearse)
     rep = sub.add_parser("report", help="render every lesson's measured results as one HTML page")
     rep.add_argument("--out", help="output file (default: runs/report.html)")
     rep.set_defaults(func=cmd_report)
