@@ -144,3 +144,30 @@ def test_the_scanners_catch_what_they_look_for(text, pattern):
 ])
 def test_the_scanners_leave_safe_code_alone(text, pattern):
     assert not pattern.search(text)
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
+def test_the_colab_set_up_cell_clones_this_repository(path):
+    """The set-up cell's `git clone` names paths.REPO_URL, the one place a fork changes (`course fork URL`)."""
+    clones = [line for cell in cells(path) if cell["cell_type"] == "code"
+              for line in source(cell).splitlines() if "git clone" in line]
+    assert clones, f"{path.name}: no set-up cell clones the course for Colab"
+    assert all(REPO_URL in line for line in clones), f"{path.name}: clones {clones}, not {REPO_URL}"
+
+
+def test_course_fork_points_badges_and_set_up_cells_at_the_fork(tmp_path):
+    import shutil
+
+    from course_utils.tools.fork import ForkError, retarget
+
+    for rel in ["course_utils/paths.py", "README.md", "notebooks/05_overfitting.ipynb", "docs/WORKSHOP.md"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO_DIR / rel, tmp_path / rel)
+    changed = retarget("https://github.com/someone/my-course", repo_dir=tmp_path)
+    assert tmp_path / "course_utils/paths.py" in changed and tmp_path / "notebooks/05_overfitting.ipynb" in changed
+    nb = (tmp_path / "notebooks/05_overfitting.ipynb").read_text()
+    assert "colab.research.google.com/github/someone/my-course/blob/main" in nb
+    assert "git clone -q --depth 1 https://github.com/someone/my-course" in nb
+    assert REPO_URL.split("github.com/")[1] not in nb
+    with pytest.raises(ForkError, match="not a GitHub repository URL"):
+        retarget("gitlab.com/x/y", repo_dir=tmp_path)

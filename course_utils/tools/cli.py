@@ -10,6 +10,7 @@
     course rehearse [LESSON ...] [--device cpu|cuda] [--hub]
                              run lessons through the gpu profile's code: on stand-ins (default) or the real hub
                              checkpoints (--hub), on the CPU or CUDA; prints time, peak memory and peak GPU memory
+    course fork URL          point every Colab badge and set-up cell at a fork (https://github.com/owner/name)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from course_utils.errors import CourseError
 from course_utils.paths import DATA_DIR, MODELS_DIR, RUNS_DIR
 from course_utils.profiles import choose_profile, package_version, set_offline
 from course_utils.tools.report import write_report
+from course_utils.tools.fork import retarget
 from course_utils.tools.runner import format_table, run_lessons
 from course_utils.tools.standins import rehearsal_env, write_standins
 from course_utils.world import DATA_FILES
@@ -170,6 +172,14 @@ def cmd_rehearse(args) -> int:
     return 1 if any(not r.passed for r in results) else 0
 
 
+def cmd_fork(args) -> int:
+    changed = retarget(args.url)
+    for path in changed:
+        print(f"updated {path}")
+    print(f"{len(changed)} files now point at {args.url}; commit them in your fork")
+    return 0
+
+
 def cmd_report(args) -> int:
     out = write_report(Path(args.out) if args.out else None)
     print(f"wrote {out.name} in {out.parent.name}/ (open it in a browser)")
@@ -204,6 +214,9 @@ def parser() -> argparse.ArgumentParser:
     rh.add_argument("--cache", help="where to write the stand-ins (default: runs/standins)")
     rh.add_argument("--seeds", default="0", help="COURSE_SEEDS for the rehearsal (default: one seed, '0')")
     rh.set_defaults(func=cmd_rehearse)
+    fk = sub.add_parser("fork", help="point the Colab badges and set-up cells at a fork of the course")
+    fk.add_argument("url", help="your fork, e.g. https://github.com/me/llm-finetuning-course")
+    fk.set_defaults(func=cmd_fork)
     rep = sub.add_parser("report", help="render every lesson's measured results as one HTML page")
     rep.add_argument("--out", help="output file (default: runs/report.html)")
     rep.set_defaults(func=cmd_report)
