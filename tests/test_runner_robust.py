@@ -28,7 +28,7 @@ def lessons(tmp_path, monkeypatch):
     paths = _lessons(tmp_path, "01_first", "02_second", "03_third")
     calls = {"envs": [], "interrupt": None}
 
-    def fake_run_notebook(path, timeout=1200, env=None):
+    def fake_run_notebook(path, timeout=1200, env=None, kernel_log=None):
         calls["envs"].append(env)
         if path.stem == calls["interrupt"]:
             raise KeyboardInterrupt

@@ -7,6 +7,7 @@ lesson's wall time and peak memory: the numbers the README's course map reports 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -157,7 +158,8 @@ def kernel_env(runs_dir: Path, environ: Mapping[str, str] | None = None) -> dict
     return env
 
 
-def run_notebook(path: Path, timeout: int = 1200, env: Mapping[str, str] | None = None) -> tuple[LessonResult, object]:
+def run_notebook(path: Path, timeout: int = 1200, env: Mapping[str, str] | None = None,
+                 kernel_log: Path | None = None) -> tuple[LessonResult, object]:
     """Execute one notebook in a fresh kernel (cwd = its folder, environment `env`); returns its result and the
     executed notebook. Ctrl-C (here or in the kernel) comes out as `KeyboardInterrupt`, never as a failed lesson."""
     from nbclient import NotebookClient
@@ -167,13 +169,17 @@ def run_notebook(path: Path, timeout: int = 1200, env: Mapping[str, str] | None 
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     error, start, gpu_peak = "", time.perf_counter(), None
-    with _PeakMemory() as mem:
+    with _PeakMemory() as mem, contextlib.ExitStack() as stack:
         try:
-            with client.setup_kernel(**({"env": dict(env)} if env is not None else {})):
+            # The kernel process's own stderr (ipykernel's start-up warnings) goes to a log beside the run, not
+            # into the progress line; a lesson's errors and warnings still reach us through its cells' outputs.
+            log = stack.enter_context(open(kernel_log or os.devnull, "a", encoding="utf-8"))
+            with client.setup_kernel(stderr=log, **({"env": dict(env)} if env is not None else {})):
                 mem.pid = client.km.provisioner.pid if client.km.provisioner else None
                 for index, cell in enumerate(nb.cells):
                     client.execute_cell(cell, index)
                 gpu_peak = _kernel_gpu_peak_mb(client, len(nb.cells))
+                client.set_widgets_metadata()  # progress bars and controls keep their final state on GitHub
         except CellExecutionError as err:
             if getattr(err, "ename", "") == "KeyboardInterrupt":  # Ctrl-C reached the kernel before us
                 raise KeyboardInterrupt from None
@@ -211,6 +217,49 @@ def _kernel_gpu_peak_mb(client, index: int) -> float | None:
     return round(float(value), 1) if isinstance(value, (int, float)) else None
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def _plain(html: str) -> str:
+    import html as html_lib
+    import re
+
+    return html_lib.unescape(re.sub(r"<[^>]+>", "", html or "")).replace("\u2007", " ")  # tqdm pads with U+2007
+
+
+def widget_text(states: Mapping[str, dict], model_id: str, width: int = 10) -> str | None:
+    """The final state of a widget as one line of text (a tqdm bar: `lessons: 100%|##########| 2/2 [...]`), read from
+    the saved widget state; None for a widget this does not know how to draw."""
+    state = (states.get(model_id) or {}).get("state", {})
+    name = state.get("_model_name", "")
+    if name in ("HTMLModel", "LabelModel", "TextModel"):
+        return _plain(str(state.get("value", "")))
+    if name in ("FloatProgressModel", "IntProgressModel"):
+        low, high, value = state.get("min", 0) or 0, state.get("max", 1) or 1, state.get("value", 0) or 0
+        filled = round(width * (value - low) / (high - low)) if high > low else width
+        return "█" * filled + " " * (width - filled)
+    if name in ("HBoxModel", "VBoxModel"):
+        parts = [widget_text(states, str(c).removeprefix("IPY_MODEL_"), width) for c in state.get("children", [])]
+        if any(p is None for p in parts):
+            return None
+        return ("|".join(parts) if name == "HBoxModel" else "\n".join(parts))
+    return None
+
+
+def widget_fallbacks(nb) -> None:
+    """Give each widget output a text/plain of its final state, for readers without a kernel or widget manager
+    (GitHub, nbviewer, HTML): otherwise a finished progress bar reads `0%| | 0/4`, its state at creation."""
+    states = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            view = out.get("data", {}).get(WIDGET_VIEW)
+            if view:
+                text = widget_text(states, view.get("model_id", ""))
+                if text is not None:
+                    out["data"]["text/plain"] = text
+
+
 def outputs_for_readers(nb):
     """The executed notebook as it is stored for readers (`course run --write`): tables, plots and printed results
     are kept; stderr streams (library warnings, which name files on the machine that ran them) are dropped, and the
@@ -227,6 +276,7 @@ def outputs_for_readers(nb):
             kept = [o for o in cell.get("outputs", [])
                     if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
             cell.outputs = [nbformat.from_dict(json.loads(json.dumps(o).replace(prefix, ""))) for o in kept]
+    widget_fallbacks(nb)
     return nb
 
 
@@ -304,10 +354,10 @@ def _interrupted(lesson: str, results: list[LessonResult], out_dir: Path) -> Run
     return RunInterrupted(message, results, out_dir)
 
 
-def _run_one(path: Path, env: Mapping[str, str]) -> tuple[LessonResult, object]:
+def _run_one(path: Path, env: Mapping[str, str], kernel_log: Path | None = None) -> tuple[LessonResult, object]:
     """`run_notebook`, with an unreadable notebook turned into a failed lesson that names the file."""
     try:
-        return run_notebook(path, env=env)
+        return run_notebook(path, env=env, kernel_log=kernel_log)
     except NotebookError as err:
         return LessonResult(path.stem, 0.0, 0.0, False, str(err)), None
 
@@ -337,7 +387,7 @@ def run_lessons(selected: Sequence[str] = (), write: bool = False, runs_dir: Pat
         for path in bar:
             current = path.stem
             bar.set_postfix_str(current)
-            result, nb = _run_one(path, env)
+            result, nb = _run_one(path, env, out_dir / "kernels.log")
             if nb is not None:
                 _write_notebook(nb, out_dir / "executed" / path.name)
                 if write and result.passed:
