@@ -113,3 +113,37 @@ def test_outputs_for_readers_make_repo_paths_relative():
                                            execution_count=1)]
     nb = nbformat.v4.new_notebook(cells=[cell])
     assert outputs_for_readers(nb).cells[0].outputs[0]["data"]["text/plain"] == "PosixPath('runs/r.json')"
+
+
+@pytest.mark.parametrize("typed, lesson", [("5", "05_overfitting"), ("overfitting", "05_overfitting"),
+                                           ("05_overfitting.ipynb", "05_overfitting"),
+                                           ("notebooks/05_overfitting.ipynb", "05_overfitting"),
+                                           ("noise", "04_noise_study"), ("04_noise", "04_noise_study")])
+def test_lessons_are_found_however_people_type_them(typed, lesson):
+    from course_utils.tools.runner import lesson_notebooks
+
+    assert [p.stem for p in lesson_notebooks([typed])] == [lesson]
+
+
+def test_a_near_miss_gets_a_did_you_mean():
+    from course_utils.errors import CourseError
+    from course_utils.tools.runner import lesson_notebooks
+
+    with pytest.raises(CourseError, match="did you mean 05_overfitting"):
+        lesson_notebooks(["overfiting"])
+
+
+def test_help_lists_examples_and_lessons(capsys):
+    from course_utils.tools.cli import parser
+
+    with pytest.raises(SystemExit):
+        parser().parse_args(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "course run overfitting" in out and "09_capstone_recipe" in out
+
+
+def test_doctor_checks_the_kernel_and_the_widget_extension():
+    from course_utils.tools.cli import kernel_check, widgets_check
+
+    assert kernel_check()[0], kernel_check()[1]
+    assert widgets_check()[0], widgets_check()[1]

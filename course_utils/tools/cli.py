@@ -66,6 +66,8 @@ def doctor_checks(gpu: bool = False, data_dir: Path = DATA_DIR,
     torch_version = package_version("torch")
     checks.append((torch_version != "not installed", f"torch {torch_version} (tested on 2.13 CPU)"))
     checks.append(profile_check())
+    checks.append(kernel_check())
+    checks.append(widgets_check())
     checks += data_file_checks(data_dir)
     checks += model_folder_checks(models_dir)
     if gpu:
@@ -82,6 +84,38 @@ def profile_check() -> tuple[bool, str]:
         return True, f"profile {choose_profile()} (COURSE_PROFILE={os.environ.get('COURSE_PROFILE', '')!r})"
     except CourseError as err:
         return False, f"profile: {err}"
+
+
+def kernel_check() -> tuple[bool, str]:
+    """The Jupyter kernel a notebook starts (`python3`) runs this Python, so it sees the course and its pins."""
+    import shutil
+    import subprocess
+
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        argv = KernelSpecManager().get_kernel_spec("python3").argv
+    except Exception as err:  # noqa: BLE001 - no kernelspec, or jupyter_client missing: both are the finding
+        return False, f"Jupyter kernel 'python3' not found ({type(err).__name__}); install the lab extra"
+    exe = shutil.which(argv[0]) or argv[0]
+    try:
+        theirs = subprocess.run([exe, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True,
+                                timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as err:
+        return False, f"Jupyter kernel 'python3' runs {exe}, which does not start ({type(err).__name__})"
+    ok = Path(theirs).resolve() == Path(sys.prefix).resolve()
+    return ok, (f"Jupyter kernel 'python3' runs this Python ({sys.prefix})" if ok else
+                f"Jupyter kernel 'python3' runs {exe} (prefix {theirs or '?'}), not this Python ({sys.prefix}): "
+                f"notebooks would not see the course; run `python -m ipykernel install --user`")
+
+
+def widgets_check() -> tuple[bool, str]:
+    """ipywidgets and JupyterLab's widget extension, whose versions must match (8.x with jupyterlab_widgets 3.x)."""
+    widgets, lab = package_version("ipywidgets"), package_version("jupyterlab_widgets")
+    ok = widgets.startswith("8.") and lab.startswith("3.")
+    return ok, (f"widgets: ipywidgets {widgets} with jupyterlab_widgets {lab}" if ok else
+                f"widgets: ipywidgets {widgets} and jupyterlab_widgets {lab} do not match (need 8.x and 3.x): "
+                f"progress bars and controls will not render; reinstall the lab extra")
 
 
 def data_file_checks(data_dir: Path = DATA_DIR) -> list[tuple[bool, str]]:
@@ -142,7 +176,7 @@ def cmd_build(args) -> int:
 def cmd_run(args) -> int:
     results, out_dir = run_lessons(args.lessons, write=args.write, keep_going=args.keep_going)
     print(format_table(results))
-    print(f"executed notebooks and benchmark.json in {out_dir}")
+    print(f"executed notebooks and benchmark.json in {out_dir.resolve()}")
     failed = [r for r in results if not r.passed]
     for r in failed:
         print(f"FAILED: lesson {r.lesson}, {r.error}", file=sys.stderr)
@@ -182,12 +216,37 @@ def cmd_fork(args) -> int:
 
 def cmd_report(args) -> int:
     out = write_report(Path(args.out) if args.out else None)
-    print(f"wrote {out.name} in {out.parent.name}/ (open it in a browser)")
+    print(f"wrote {out.resolve()} (open it in a browser)")
     return 0
 
 
+EXAMPLES = """examples:
+  course doctor                      is everything installed and intact?
+  course run                         run the whole course (about ten minutes on 2 cores)
+  course run 05                      one lesson, by number ...
+  course run overfitting noise       ... or by topic word, file name or path
+  course report                      one HTML page with every lesson's findings
+  course rehearse 08                 lesson 08 through the gpu profile's code, on stand-in models
+"""
+RUN_EXAMPLES = """examples:
+  course run                                  every lesson, in order
+  course run 5                                lesson 05
+  course run overfitting                      a topic word
+  course run notebooks/05_overfitting.ipynb   a path, as tab completion gives it
+  course run 01 02 --write                    store the fresh outputs in the committed notebooks
+"""
+
+
+def lesson_list() -> str:
+    """The lessons, one per line, for `--help`."""
+    from course_utils.tools.runner import lesson_notebooks
+
+    return "\nlessons:\n" + "".join(f"  {p.stem}\n" for p in lesson_notebooks())
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="course", description="The fine-tuning course's command.")
+    p = argparse.ArgumentParser(prog="course", description="The fine-tuning course's command.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES + lesson_list())
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("doctor", help="check the installation")
     d.add_argument("--gpu", action="store_true", help="also require a CUDA GPU")
@@ -199,7 +258,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="output folder (default: data_samples/)")
     b.add_argument("--resume", action="store_true", help="continue saved models with the stages they have not done")
     b.set_defaults(func=cmd_build)
-    r = sub.add_parser("run", help="execute lessons in order and measure them")
+    r = sub.add_parser("run", help="execute lessons in order and measure them",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUN_EXAMPLES + lesson_list())
     r.add_argument("lessons", nargs="*", help="lesson numbers or names (default: all)")
     r.add_argument("--write", action="store_true", help="store the fresh outputs in the committed notebooks")
     r.add_argument("--keep-going", action="store_true", help="run the remaining lessons after a failure")

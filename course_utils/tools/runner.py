@@ -64,17 +64,41 @@ class LessonResult:
 
 
 def lesson_notebooks(selected: Sequence[str] = (), notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
-    """The lesson notebooks in order; `selected` filters by number or name prefix ('00', '04_noise')."""
+    """The lesson notebooks in order; `selected` picks lessons however people type them: a number ('4', '04'), a
+    name or its start ('04_noise'), a topic word ('overfitting', 'noise'), a file name or a path
+    ('notebooks/05_overfitting.ipynb'). Anything else is a one-line error with a "did you mean" and the list."""
     all_nbs = sorted(p for p in Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
     if not selected:
         return all_nbs
     chosen = []
     for sel in selected:
-        matches = [p for p in all_nbs if p.stem.startswith(str(sel).zfill(2) if str(sel).isdigit() else sel)]
+        matches = match_lesson(str(sel), all_nbs)
         if not matches:
-            raise CourseError(f"no lesson matches {sel!r}; lessons are: {', '.join(p.stem for p in all_nbs)}")
+            raise CourseError(f"no lesson matches {sel!r}{did_you_mean(str(sel), all_nbs)}; lessons are: "
+                              f"{', '.join(p.stem for p in all_nbs)}")
         chosen += [m for m in matches if m not in chosen]
     return chosen
+
+
+def match_lesson(text: str, lessons: Sequence[Path]) -> list[Path]:
+    """The lessons `text` names: by number, by name prefix, by file name or path, or by a word of the title."""
+    key = Path(text.strip()).name.removesuffix(".ipynb").lower()
+    if key.isdigit():
+        return [p for p in lessons if p.stem[:2] == key.zfill(2)]
+    by_prefix = [p for p in lessons if p.stem.lower().startswith(key)]
+    if by_prefix or not key:
+        return by_prefix
+    return [p for p in lessons if key.replace("-", "_") in p.stem.lower().split("_", 1)[1]]
+
+
+def did_you_mean(text: str, lessons: Sequence[Path]) -> str:
+    """'; did you mean 05_overfitting?' for a near miss such as 'overfiting', else ''."""
+    import difflib
+
+    key = Path(text.strip()).name.removesuffix(".ipynb").lower()
+    words = {w: p for p in lessons for w in [p.stem.lower(), *p.stem.lower().split("_")[1:]] if len(w) > 2}
+    close = difflib.get_close_matches(key, list(words), n=1, cutoff=0.7)
+    return f"; did you mean {words[close[0]].stem}?" if close else ""
 
 
 class _PeakMemory:
