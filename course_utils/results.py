@@ -142,7 +142,7 @@ def save_results(lesson: str, table: Any, checks: Mapping[str, bool] | None = No
               "checks": {str(k): bool(v) for k, v in (checks or {}).items()}, "echoes": echoes, "notes": notes}
     if claims is not None:
         record["claims"] = list(claims)
-    text = json.dumps(_clean(record, f"save_results({lesson!r})"), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    text = json.dumps(_clean(record, f"save_results({lesson!r})"), indent=2, allow_nan=False)  # keys in the lesson's order + "\n"
     out = Path(directory or results_dir()) / f"{lesson}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with _locked(out.parent):

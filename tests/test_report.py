@@ -55,3 +55,23 @@ def test_write_report(tmp_path):
     save_results("01_a", [{"x": 1}], profile="cpu", directory=tmp_path / "r")
     out = write_report(tmp_path / "page.html", tmp_path / "r", tmp_path)
     assert out.read_text().startswith("<!doctype html>")
+
+
+def test_lesson_titles_figures_and_rounding_for_a_presentable_report():
+    from course_utils.paths import NOTEBOOKS_DIR
+    from course_utils.tools.report import _cell, lesson_title, main_figure
+
+    assert lesson_title(NOTEBOOKS_DIR / "05_overfitting.ipynb").startswith("Lesson 05")
+    assert main_figure(NOTEBOOKS_DIR / "05_overfitting.ipynb")  # a stored plot, embedded as base64 PNG
+    assert _cell(0.0001018) == "<td>0.000102</td>" and _cell(0.604123) == "<td>0.604</td>"
+
+
+def test_saved_results_keep_the_lessons_column_order(tmp_path, monkeypatch):
+    import json
+
+    from course_utils import results
+
+    monkeypatch.setenv("COURSE_RUNS_DIR", str(tmp_path))
+    monkeypatch.setattr(results, "results_dir", lambda: tmp_path / "results")
+    path = results.save_results("99_x", [{"setting": "a", "accuracy": 0.5, "gap": 0.1}])
+    assert list(json.loads(path.read_text())["table"][0]) == ["setting", "accuracy", "gap"]

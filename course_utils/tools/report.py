@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
@@ -80,9 +81,37 @@ def latest_benchmarks(runs_dir: Path = RUNS_DIR) -> dict[str, dict[str, Any]]:
     return latest
 
 
+def lesson_title(notebook: Path) -> str:
+    """The notebook's first Markdown heading ('Lesson 05: overfitting, and what to keep'), else its file name."""
+    try:
+        cells = json.loads(Path(notebook).read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return Path(notebook).stem
+    for cell in cells:
+        if cell.get("cell_type") == "markdown":
+            for line in "".join(cell.get("source", "")).splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return Path(notebook).stem
+
+
+def main_figure(notebook: Path) -> str | None:
+    """The lesson's main figure as base64 PNG: the output of the cell tagged `main-figure`, else its first plot."""
+    try:
+        cells = json.loads(Path(notebook).read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return None
+    images = [(("main-figure" in c.get("metadata", {}).get("tags", [])), o["data"]["image/png"])
+              for c in cells if c.get("cell_type") == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    tagged = [img for is_main, img in images if is_main]
+    chosen = (tagged or [img for _, img in images] or [None])[0]
+    return "".join(chosen) if isinstance(chosen, list) else chosen
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        text, cls = f"{value:.4g}", ""
+        text, cls = f"{value:.3g}", ""
     elif isinstance(value, (int, bool)) or value is None:
         text, cls = ("" if value is None else str(value)), ""
     else:
@@ -101,23 +130,29 @@ def table_html(rows: Sequence[dict[str, Any]], max_rows: int = 40) -> str:
     return f"<table><tr>{head}</tr>{body}</table>{more}"
 
 
-def lesson_section(record: dict[str, Any], bench: dict[str, Any] | None) -> str:
-    """One lesson: its checks (pass/fail), echoed figure, notes, runtime and measured table."""
+def lesson_section(record: dict[str, Any], bench: dict[str, Any] | None, notebook: Path | None = None,
+                   link: str = "") -> str:
+    """One lesson: its title linked to its notebook, checks, echoed figure, notes, runtime, main figure and table."""
     checks = record.get("checks", {})
     items = "".join(f'<li><span class="{"pass" if ok else "fail"}">{"held" if ok else "did NOT hold"}</span> '
                     f"{html.escape(name)}</li>" for name, ok in checks.items())
     run = (f"<p>Last <code>course run</code>: {bench['seconds']:.0f} s wall, {bench.get('cpu_seconds', 0):.0f} s "
            f"CPU, peak {bench['peak_memory_mb']:.0f} MB, {'passed' if bench['passed'] else 'FAILED'}.</p>"
            if bench else "<p class=\"missing\">No <code>course run</code> measurement yet.</p>")
-    return (f"<h2 id=\"{html.escape(record['lesson'])}\">{html.escape(record['lesson'])} "
+    title = lesson_title(notebook) if notebook else record["lesson"]
+    figure = main_figure(notebook) if notebook else None
+    img = f'<p><img alt="{html.escape(title)}" style="max-width:100%" src="data:image/png;base64,{figure}"></p>' \
+        if figure else ""
+    heading = f'<a href="{html.escape(link)}">{html.escape(title)}</a>' if link else html.escape(title)
+    return (f"<h2 id=\"{html.escape(record['lesson'])}\">{heading} "
             f"<small>({html.escape(record.get('profile', '?'))} profile)</small></h2>"
             f"<p class=\"echo\">Echoes: {html.escape(record.get('echoes', '') or '-')}</p>"
             f"<ul>{items or '<li>no checks recorded</li>'}</ul>"
-            f"<p>{html.escape(record.get('notes', ''))}</p>{run}{table_html(record['table'])}")
+            f"<p>{html.escape(record.get('notes', ''))}</p>{run}{img}{table_html(record['table'])}")
 
 
 def build_report(results: Path | None = None, runs_dir: Path = RUNS_DIR,
-                 notebooks_dir: Path = NOTEBOOKS_DIR) -> str:
+                 notebooks_dir: Path = NOTEBOOKS_DIR, out_dir: Path | None = None) -> str:
     """The whole page as a string: a summary table of all lessons, then one section per lesson."""
     directory = Path(results or results_dir())
     lessons = [p.stem for p in lesson_notebooks(notebooks_dir=Path(notebooks_dir))]
@@ -137,10 +172,12 @@ def build_report(results: Path | None = None, runs_dir: Path = RUNS_DIR,
         cls = "pass" if held == len(checks) else "fail"
         b = bench.get(lesson)
         runtime = f"{b['seconds']:.0f} s" if b else "-"
-        summary.append(f'<tr><td class="text"><a href="#{name}">{name}</a></td>'
+        notebook = Path(notebooks_dir) / f"{lesson}.ipynb"
+        link = os.path.relpath(notebook, Path(out_dir or runs_dir).resolve()) if notebook.is_file() else ""
+        summary.append(f'<tr><td class="text"><a href="#{name}">{html.escape(lesson_title(notebook))}</a></td>'
                        f'<td class="{cls}">{held}/{len(checks)}</td><td>{runtime}</td>'
                        f'<td class="text echo">{html.escape(record.get("echoes", ""))}</td></tr>')
-        sections.append(lesson_section(record, b))
+        sections.append(lesson_section(record, b, notebook if notebook.is_file() else None, link))
     stamp = datetime.now().strftime("%Y-%m-%d %H:%M")
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>Course report</title>"
             f"<style>{_STYLE}</style></head><body><h1>What the course measured</h1>"
@@ -154,5 +191,5 @@ def write_report(out: Path | None = None, results: Path | None = None, runs_dir:
     """Render the report to `out` (default `runs/report.html`) and return the path."""
     out = Path(out or Path(runs_dir) / "report.html")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build_report(results, runs_dir))
+    out.write_text(build_report(results, runs_dir, out_dir=out.parent.resolve()))
     return out
