@@ -11,6 +11,7 @@
                              run lessons through the gpu profile's code: on stand-ins (default) or the real hub
                              checkpoints (--hub), on the CPU or CUDA; prints time, peak memory and peak GPU memory
     course fork URL          point every Colab badge and set-up cell at a fork (https://github.com/owner/name)
+    course site              the course as a static website (runs/site/site/index.html), from the stored outputs
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from course_utils.paths import DATA_DIR, MODELS_DIR, RUNS_DIR
 from course_utils.profiles import choose_profile, package_version, set_offline
 from course_utils.tools.report import write_report
 from course_utils.tools.fork import retarget
-from course_utils.tools.runner import format_table, run_lessons
+from course_utils.tools.site import broken_links, build_site
+from course_utils.tools.runner import format_table, lesson_notebooks, run_lessons
 from course_utils.tools.standins import rehearsal_env, write_standins
 from course_utils.world import DATA_FILES
 from course_utils.zoo import FAMILIES, check_family, check_folder
@@ -214,6 +216,15 @@ def cmd_fork(args) -> int:
     return 0
 
 
+def cmd_site(args) -> int:
+    site = build_site(Path(args.out) if args.out else None)
+    bad = broken_links(site)
+    for link in bad:
+        print(f"broken link: {link}", file=sys.stderr)
+    print(f"wrote {site / 'index.html'} (open it in a browser, or serve it: python -m http.server -d {site})")
+    return 1 if bad else 0
+
+
 def cmd_report(args) -> int:
     out = write_report(Path(args.out) if args.out else None)
     print(f"wrote {out.resolve()} (open it in a browser)")
@@ -239,8 +250,6 @@ RUN_EXAMPLES = """examples:
 
 def lesson_list() -> str:
     """The lessons, one per line, for `--help`."""
-    from course_utils.tools.runner import lesson_notebooks
-
     return "\nlessons:\n" + "".join(f"  {p.stem}\n" for p in lesson_notebooks())
 
 
@@ -277,6 +286,9 @@ def parser() -> argparse.ArgumentParser:
     fk = sub.add_parser("fork", help="point the Colab badges and set-up cells at a fork of the course")
     fk.add_argument("url", help="your fork, e.g. https://github.com/me/llm-finetuning-course")
     fk.set_defaults(func=cmd_fork)
+    si = sub.add_parser("site", help="build the course as a static website from the notebooks' stored outputs")
+    si.add_argument("--out", help="output folder (default: runs/site)")
+    si.set_defaults(func=cmd_site)
     rep = sub.add_parser("report", help="render every lesson's measured results as one HTML page")
     rep.add_argument("--out", help="output file (default: runs/report.html)")
     rep.set_defaults(func=cmd_report)

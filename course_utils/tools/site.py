@@ -1,0 +1,114 @@
+"""`course site`: the course as a static website, built from the notebooks' stored outputs.
+
+The site is what a learner without Jupyter (or an instructor on a projector) reads: the README as the home page,
+the lessons in order with their stored tables and plots and their Colab badges, the solutions, the glossary, the
+workshop guide, and the claims scoreboard from the last run, with navigation and full-text search. Nothing is
+executed: the pages show what `course run --write` stored.
+
+It uses MkDocs with mkdocs-jupyter (notebooks to pages through nbconvert) and the Material theme, all pure Python
+and pinned in pyproject.toml. The sources are laid out as in the repository (`notebooks/`, `docs/`), so the links
+the notebooks and the README already use (`../docs/GLOSSARY.md#lora`, `notebooks/05_overfitting.ipynb`) resolve in
+the site unchanged; the theme's web fonts are switched off, so a built page makes no request outside itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from course_utils.errors import CourseError
+from course_utils.paths import NOTEBOOKS_DIR, REPO_DIR, RUNS_DIR
+from course_utils.results import load_results, results_dir, saved_lessons
+from course_utils.tools.report import lesson_title, scoreboard_rows
+from course_utils.tools.runner import lesson_notebooks
+
+
+class SiteError(CourseError):
+    """The site cannot be built (the generator is missing, or a page or link is broken)."""
+
+
+def scoreboard_markdown(directory: Path | None = None) -> str:
+    """The claims scoreboard of the last run as a Markdown page (or a note saying how to produce one)."""
+    directory = Path(directory or results_dir())
+    records = {lesson: load_results(lesson, directory) for lesson in saved_lessons(directory)}
+    rows = scoreboard_rows(records)
+    head = "# Scoreboard\n\nEvery claim the lessons declare, judged over the seeds in the last run on this machine.\n\n"
+    if not rows:
+        return head + "No lesson results yet: run `course run`, then `course site` again.\n"
+    cols = ["lesson", "claim", "published", "our mean [95% interval]", "held in", "verdict", "as declared"]
+    cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731 - one-line table escaping
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
+    return head + "\n".join(lines) + "\n"
+
+
+# A relative Markdown link to a page source: `](../docs/GLOSSARY.md#lora)` or `](05_overfitting.ipynb)`.
+RELATIVE_PAGE_LINK = re.compile(r"\]\((?!https?:|#)([^)\s]+?)\.(?:md|ipynb)((?:#[^)\s]*)?)\)")
+
+
+def copy_notebook_for_site(source: Path, target: Path) -> None:
+    """Copy a notebook, pointing its relative links at the built pages (`X.md` / `X.ipynb` -> `X.html`):
+    mkdocs rewrites such links in Markdown pages, but mkdocs-jupyter leaves a notebook's Markdown cells as they are."""
+    nb = json.loads(source.read_text(encoding="utf-8"))
+    for cell in nb["cells"]:
+        if cell.get("cell_type") == "markdown":
+            text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            cell["source"] = RELATIVE_PAGE_LINK.sub(r"](\1.html\2)", text)
+    target.write_text(json.dumps(nb, ensure_ascii=False), encoding="utf-8")
+
+
+def _config(lessons: list[Path], solutions: list[Path]) -> dict:
+    nav = [{"Home": "index.md"},
+           {"Lessons": [{lesson_title(p): f"notebooks/{p.name}"} for p in lessons]},
+           {"Solutions": [{p.stem.replace("_", " "): f"notebooks/solutions/{p.name}"} for p in solutions]},
+           {"Glossary": "docs/GLOSSARY.md"}, {"Workshop guide": "docs/WORKSHOP.md"}, {"Scoreboard": "scoreboard.md"}]
+    return {"site_name": "LLM fine-tuning, measured", "docs_dir": "src", "site_dir": "site", "use_directory_urls": False,
+            "theme": {"name": "material", "font": False, "features": ["navigation.sections", "search.highlight"]},
+            "plugins": ["search", {"mkdocs-jupyter": {"execute": False, "include_source": True}}],
+            "markdown_extensions": ["tables", "toc", "admonition"], "nav": nav, "validation": {"links": {
+                "not_found": "warn", "anchors": "ignore"}}}
+
+
+def build_site(out_dir: Path | None = None, repo_dir: Path = REPO_DIR) -> Path:
+    """Lay out the sources under `out_dir/src`, write `mkdocs.yml`, build into `out_dir/site`; returns the site."""
+    try:
+        from mkdocs.commands.build import build
+        from mkdocs.config import load_config
+    except ImportError:
+        raise SiteError("course site needs mkdocs and mkdocs-jupyter: pip install -e \".[dev]\"") from None
+    out_dir = Path(out_dir or RUNS_DIR / "site").resolve()
+    src = out_dir / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    (src / "notebooks" / "solutions").mkdir(parents=True)
+    (src / "docs").mkdir()
+    lessons = lesson_notebooks(notebooks_dir=repo_dir / "notebooks")
+    solutions = sorted((repo_dir / "notebooks" / "solutions").glob("*.ipynb"))
+    for p in lessons:
+        copy_notebook_for_site(p, src / "notebooks" / p.name)
+    for p in solutions:
+        copy_notebook_for_site(p, src / "notebooks" / "solutions" / p.name)
+    for p in (repo_dir / "docs").glob("*.md"):
+        shutil.copy(p, src / "docs" / p.name)
+    (src / "index.md").write_text((repo_dir / "README.md").read_text(encoding="utf-8"), encoding="utf-8")
+    (src / "scoreboard.md").write_text(scoreboard_markdown(), encoding="utf-8")
+    config_file = out_dir / "mkdocs.yml"
+    config_file.write_text(json.dumps(_config(lessons, solutions), indent=1))  # JSON is valid YAML
+    config = load_config(config_file=str(config_file))
+    build(config)
+    return out_dir / "site"
+
+
+def broken_links(site: Path) -> list[str]:
+    """Every relative link or image in the built pages whose target is not in the site ('page -> link')."""
+    bad = []
+    for page in sorted(Path(site).rglob("*.html")):
+        if page.name == "404.html":  # served from the site root by any web server: its links are root-absolute
+            continue
+        for link in re.findall(r'(?:href|src)="([^"]+)"', page.read_text(encoding="utf-8")):
+            if link.startswith(("http:", "https:", "#", "data:", "mailto:", "javascript:")):
+                continue
+            if not (page.parent / link.split("#")[0].split("?")[0]).resolve().exists():
+                bad.append(f"{page.relative_to(site).as_posix()} -> {link}")
+    return bad
