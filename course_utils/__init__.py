@@ -33,7 +33,7 @@ lesson module never imports another lesson module (what two lessons share lives 
     bias (07), alignment and safety_filter (08), capstone (09)
 
 **Tools** (`course_utils.tools`, never imported by a notebook): cli (the `course` command), runner, report,
-glossary, build, launch, api_contract, fork (badges and set-up cells at a fork), site (the course as a website), standins (offline look-alikes of the hub checkpoints for gpu rehearsals).
+glossary, build, launch, api_contract, coursemap (runtimes from the benchmark into README and guide), fork (badges and set-up cells at a fork), site (the course as a website), standins (offline look-alikes of the hub checkpoints for gpu rehearsals).
 """
 
 import os as _os

@@ -75,3 +75,15 @@ def test_saved_results_keep_the_lessons_column_order(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "results_dir", lambda: tmp_path / "results")
     path = results.save_results("99_x", [{"setting": "a", "accuracy": 0.5, "gap": 0.1}])
     assert list(json.loads(path.read_text())["table"][0]) == ["setting", "accuracy", "gap"]
+
+
+def test_runtimes_are_written_from_the_benchmark_into_every_runtime_column():
+    from course_utils.tools.coursemap import runtime_text, set_runtime_column
+
+    text = "intro\n| # | lesson | runtime on 2 CPU cores | GPU |\n|---|---|---|---|\n| 05 | [x](y) | 1 s | 2 GB |\n\nend"
+    out = set_runtime_column(text, "runtime on 2 CPU cores", {"05_overfitting": runtime_text(
+        {"seconds": 69.4, "cpu_seconds": 120.2})})
+    assert "| 05 | [x](y) | 69 s (120 s CPU) | 2 GB |" in out and out.startswith("intro") and out.endswith("end")
+    guide = "| lesson | CPU runtime | x |\n|---|---|---|\n| 05 overfitting | 25 s | a |"
+    assert "| 05 overfitting | 69 s (120 s CPU) | a |" in set_runtime_column(guide, "CPU runtime", {
+        "05_overfitting": "69 s (120 s CPU)"})

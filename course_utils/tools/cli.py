@@ -30,6 +30,7 @@ from course_utils.errors import CourseError
 from course_utils.paths import DATA_DIR, MODELS_DIR, RUNS_DIR
 from course_utils.profiles import choose_profile, package_version, set_offline
 from course_utils.tools.report import write_report
+from course_utils.tools.coursemap import update_course_map
 from course_utils.tools.fork import retarget
 from course_utils.tools.site import broken_links, build_site
 from course_utils.tools.runner import format_table, lesson_notebooks, run_lessons
@@ -179,6 +180,9 @@ def cmd_run(args) -> int:
     results, out_dir = run_lessons(args.lessons, write=args.write, keep_going=args.keep_going)
     print(format_table(results))
     print(f"executed notebooks and benchmark.json in {out_dir.resolve()}")
+    if args.write:  # the course map and the workshop guide take their runtimes from this measurement only
+        for path in update_course_map({r.lesson: vars(r) for r in results if r.passed}):
+            print(f"updated the runtimes in {path.resolve()}")
     failed = [r for r in results if not r.passed]
     for r in failed:
         print(f"FAILED: lesson {r.lesson}, {r.error}", file=sys.stderr)
