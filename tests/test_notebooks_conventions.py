@@ -171,3 +171,16 @@ def test_course_fork_points_badges_and_set_up_cells_at_the_fork(tmp_path):
     assert REPO_URL.split("github.com/")[1] not in nb
     with pytest.raises(ForkError, match="not a GitHub repository URL"):
         retarget("gitlab.com/x/y", repo_dir=tmp_path)
+
+
+# Widgets with the same name and behaviour in ipywidgets 7.7 (Colab's own) and 8.x (JupyterLab 4).
+COLAB_SAFE_WIDGETS = {"Button", "Checkbox", "Dropdown", "FloatSlider", "HBox", "HTML", "IntSlider", "IntText",
+                      "Label", "Output", "SelectionSlider", "Text", "Textarea", "ToggleButtons", "VBox", "Layout"}
+
+
+def test_widgets_are_ones_colab_renders():
+    from course_utils.paths import PACKAGE_DIR
+
+    texts = [p.read_text() for p in PACKAGE_DIR.rglob("*.py")] + [p.read_text() for p in ALL]
+    used = {m for t in texts for m in re.findall(r"\b(?:w|widgets)\.([A-Z][A-Za-z]+)\b", t)}
+    assert used <= COLAB_SAFE_WIDGETS, f"widgets Colab's ipywidgets 7.7 may not render: {sorted(used - COLAB_SAFE_WIDGETS)}"
