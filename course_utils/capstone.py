@@ -22,6 +22,7 @@ from course_utils.config import training_args
 from course_utils.errors import CourseError
 from course_utils.gpu import BYTES_PER_PARAM
 from course_utils.peft_methods import apply_lora
+from course_utils.paths import REFERENCE_RESULTS_DIR
 from course_utils.results import load_results
 from course_utils.train import ForgettingMonitor, causal_lm_trainer, rehearsal_set
 
@@ -71,15 +72,27 @@ class Metric:
         return {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}[self.agg]
 
 
-def load_records(lessons: Sequence[str], directory: Path | None = None) -> dict[str, dict[str, Any]]:
-    """The saved record of each lesson that has been run (missing lessons are simply absent)."""
+def load_records(lessons: Sequence[str], directory: Path | None = None,
+                 reference: Path | None = REFERENCE_RESULTS_DIR) -> dict[str, dict[str, Any]]:
+    """The saved record of each lesson: from this machine's runs where the lesson was run, else from the shipped
+    reference run (`reference`, None to use only this machine's). Each record says which in `source`; a lesson
+    found in neither is simply absent."""
     records = {}
     for lesson in lessons:
-        try:
-            records[lesson] = load_results(lesson, directory)
-        except CourseError:
-            continue
+        for where, source in ((directory, "this run"), (reference, "reference run (shipped)")):
+            if source.startswith("reference") and reference is None:
+                continue
+            try:
+                records[lesson] = {**load_results(lesson, where), "source": source}
+                break
+            except CourseError:
+                continue
     return records
+
+
+def record_sources(records: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """lesson -> where its numbers come from ('this run' or 'reference run (shipped)')."""
+    return {lesson: record.get("source", "this run") for lesson, record in records.items()}
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ REPO_DIR = PACKAGE_DIR.parent
 DATA_DIR = Path(os.environ.get("COURSE_DATA_DIR", REPO_DIR / "data_samples")).expanduser().resolve()
 MODELS_DIR = DATA_DIR / "models"
 TOKENIZER_DIR = DATA_DIR / "tokenizer"
+# Each lesson's saved results from the maintainers' reference run: lesson 09 falls back on them, labelled as such,
+# when a lesson was not run here (on Colab every notebook has its own runtime).
+REFERENCE_RESULTS_DIR = DATA_DIR / "reference_results"
 RUNS_DIR = Path(os.environ.get("COURSE_RUNS_DIR", REPO_DIR / "runs")).expanduser().resolve()
 NOTEBOOKS_DIR = REPO_DIR / "notebooks"
 REPO_URL = "https://github.com/finetuning-course/llm-finetuning-course"

@@ -122,3 +122,19 @@ def test_run_recipe_monitors_forgetting():
     assert {"new_recall", "old_recall"} <= set(history[0])
     with pytest.raises(C.CapstoneError, match="validation"):
         C.run_recipe(recipe, base, tok, texts, [], texts, F.knowledge_probe(tok, old, new))
+
+
+def test_lessons_not_run_here_come_from_the_reference_run_and_say_so(tmp_path):
+    import json
+
+    from course_utils import capstone as C
+
+    here, ref = tmp_path / "here", tmp_path / "ref"
+    here.mkdir(), ref.mkdir()
+    (here / "05_overfitting.json").write_text(json.dumps({"lesson": "05_overfitting", "table": [{"a": 1}]}))
+    (ref / "05_overfitting.json").write_text(json.dumps({"lesson": "05_overfitting", "table": [{"a": 2}]}))
+    (ref / "02_catastrophic_forgetting.json").write_text(json.dumps({"lesson": "02", "table": [{"a": 3}]}))
+    records = C.load_records([C.L02, C.L05, C.L07], here, reference=ref)
+    assert C.record_sources(records) == {C.L02: "reference run (shipped)", C.L05: "this run"}
+    assert records[C.L05]["table"] == [{"a": 1}]
+    assert C.load_records([C.L02], here, reference=None) == {}
