@@ -482,29 +482,36 @@ class ReviewQueue:
     label_key: str = "label"
     text_key: str = "text"
     decisions: dict[int, str] = field(default_factory=dict)
+    deciders: dict[int, str] = field(default_factory=dict)   # row -> "person" or "simulated"
 
     def __post_init__(self) -> None:
         bad = [i for i in self.candidates if not 0 <= i < len(self.rows)]
         if bad:
             raise BiasError(f"ReviewQueue: candidate index {bad[0]} outside the {len(self.rows)} rows")
 
-    def decide(self, index: int, decision: str) -> None:
+    def decide(self, index: int, decision: str, by: str = "person") -> None:
+        """Record a decision on a queued row, and who made it ('person' from the widget, 'simulated' otherwise)."""
         if decision not in DECISIONS:
             raise BiasError(f"ReviewQueue: decision must be one of {DECISIONS}, got {decision!r}")
         if index not in self.candidates:
             raise BiasError(f"ReviewQueue: row {index} is not in the queue")
         self.decisions[index] = decision
+        self.deciders[index] = by
+
+    def decided_by(self, who: str) -> int:
+        """How many queued rows were decided by `who` ('person' or 'simulated')."""
+        return sum(v == who for v in self.deciders.values())
 
     def run_scripted(self, reviewer: Callable[[dict[str, Any]], str], only_undecided: bool = False
                      ) -> dict[str, int]:
-        """Let a scripted reviewer decide every queued row (with `only_undecided`, only the rows a person left);
-        returns how many of each decision it made."""
+        """Let a scripted reviewer decide every queued row (with `only_undecided`, only the rows no person has
+        decided); returns how many of each decision it made."""
         made = {d: 0 for d in DECISIONS}
         for i in self.candidates:
-            if only_undecided and i in self.decisions:
+            if only_undecided and self.deciders.get(i) == "person":
                 continue
             decision = reviewer(self.rows[i])
-            self.decide(i, decision)
+            self.decide(i, decision, by="simulated")
             made[decision] += 1
         return made
 
@@ -547,8 +554,8 @@ class ReviewQueue:
                                           ("drop", "Drop row", "danger"))}
 
         def show() -> None:
-            done = len(self.decisions)
-            progress.value = f"<b>{done} / {len(self.candidates)} reviewed</b>"
+            done = self.decided_by("person")
+            progress.value = f"<b>{done} / {len(self.candidates)} reviewed by you</b>"
             if state["pos"] >= len(self.candidates):
                 text.value = "<p>Queue done. Run the next cell to apply your decisions.</p>"
                 for b in buttons.values():

@@ -221,6 +221,9 @@ def test_review_queue_lets_the_simulated_reviewer_finish_what_a_person_left(skew
     queue.decide(flagged[0], "drop")                      # what a person clicked
     made = queue.run_scripted(B.text_reviewer(second_shop, 0.0), only_undecided=True)
     assert sum(made.values()) == 5 and queue.decisions[flagged[0]] == "drop"
+    assert queue.decided_by("person") == 1 and queue.decided_by("simulated") == 5
+    queue.run_scripted(B.text_reviewer(second_shop, 0.0), only_undecided=True)   # run again: the person's stays
+    assert queue.decisions[flagged[0]] == "drop" and queue.decided_by("simulated") == 5
     counts = queue.counts()
     assert counts["undecided"] == 0
     fixed = queue.apply()
@@ -242,7 +245,7 @@ def test_review_widget_records_clicks(skewed):
     buttons = box.children[2].children
     buttons[1].click()   # flip row 0
     buttons[2].click()   # drop row 1
-    assert queue.decisions == {0: "flip", 1: "drop"}
+    assert queue.decisions == {0: "flip", 1: "drop"} and queue.decided_by("person") == 2
     assert "2 / 3" in box.children[0].value
 
 
