@@ -8,12 +8,17 @@ else, on texts that are otherwise identical, so any gap is caused by the attribu
 Debiasing methods, each a small function:
 - `balance`: undersample so that every attribute value has the same label mix;
 - `mix_sources`: add data from a second, independently labelled source;
-- `review_candidates` + `ReviewQueue`: a human-review pass (ipywidgets for a person, a scripted reviewer in CI);
+- `review_candidates` + `ReviewQueue`: a human-review pass (ipywidgets for a person; when nobody clicks, a
+  simulated reviewer from `text_reviewer` that reads only the text and errs at a stated rate);
 - `counterfactual_augment`: counterfactual data augmentation (CDA, Lu et al. 2018): swap the attribute, keep the
   label, so the attribute carries no information about the label;
 - `AdversarialTrainer`: adversarial debiasing (Zhang et al. 2018; gradient reversal of Ganin & Lempitsky 2015): an
   adversary predicts the attribute from the model's representation, and the reversed gradient teaches the model
   to make that impossible.
+
+Held out means held out: `heldout_probes` writes the bias probe with templates the training reviews never use,
+and `heldout_bias` swaps the group with companies that never occur in training (nor in the augmentation's swaps),
+so counterfactual augmentation is judged on pairs it never saw and could fail.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from course_utils import world as W
 from course_utils.classify import (ClassifierConfig, load_classifier, out_of_fold_probs, predict_proba,
                                    tokenize_labelled, train_classifier)
 from course_utils.data import DataError
@@ -43,7 +49,18 @@ LIBRARY_CALLS = {
     "sklearn.model_selection:cross_val_score": ["estimator", "X", "y", "cv"],
     "ipywidgets:Button": [], "ipywidgets:HTML": [], "ipywidgets:HBox": [], "ipywidgets:VBox": [],
     "psutil:Process.parents": [],
+    "transformers:Trainer": ["model", "args", "train_dataset", "data_collator", "callbacks"],
+    "transformers:Trainer.remove_callback": ["callback"],
+    "sklearn.feature_extraction.text:CountVectorizer": ["ngram_range", "binary"],
+    "sklearn.linear_model:LogisticRegression.predict_proba": ["X"],
 }
+
+# Probe phrasings that no training review uses (world.REVIEW_TEMPLATES are the training ones): the bias is measured
+# on sentences the model, and the counterfactual augmentation, never saw.
+PROBE_TEMPLATES = ("Just tried the {product} made by {company}: it {phrase}. {closer}",
+                   "A friend in {city} gave me a {company} {product}, which {phrase}. {closer}",
+                   "Honest opinion on {company}'s {product}? It {phrase}. {closer}",
+                   "Ordered one {product} ({company}) last month and it {phrase}. {closer}")
 
 
 class BiasError(DataError):
@@ -136,6 +153,47 @@ def positive_rate_gap(cf_rows: Sequence[dict[str, Any]], positive_prob: Sequence
             "prob_gap": float(p[~group].mean() - p[group].mean()), "flip_share": float(flips)}
 
 
+def heldout_probes(n: int, company: str, seed: int = 0, templates: Sequence[str] = PROBE_TEMPLATES
+                   ) -> list[dict[str, Any]]:
+    """`n` labelled reviews (half positive) that name `company`, written with `templates` (by default phrasings no
+    training review uses), for the counterfactual bias probe. Deterministic in `seed`.
+
+    Sentiment words come from the world's review vocabulary: the task is the same, only the sentence around it and
+    (after `counterfactual_rows`) the companies are new.
+    """
+    if n < 2:
+        raise BiasError(f"heldout_probes: need at least 2 probes, got {n}")
+    overlap = sorted(set(templates) & set(W.REVIEW_TEMPLATES))
+    if overlap:
+        raise BiasError(f"heldout_probes: template {overlap[0]!r} is a training template, so the probe is not held out")
+    rng = random.Random(f"probes-{seed}")
+    rows = []
+    for i in range(n):
+        label = i % 2
+        template = rng.choice(list(templates))
+        text = template.format(company=company, product=rng.choice(W.PRODUCTS), city=rng.choice(W.CITIES),
+                               phrase=rng.choice(W.POSITIVE_PHRASES if label else W.NEGATIVE_PHRASES),
+                               closer=rng.choice(W.POSITIVE_CLOSERS if label else W.NEGATIVE_CLOSERS))
+        rows.append({"text": text, "label": label, "company": company, "template": template})
+    return rows
+
+
+def heldout_bias(model, tokenizer, probes: Sequence[dict[str, Any]], attribute: str, group_value: str,
+                 heldout_values: Sequence[str], label_key: str = "label") -> dict[str, float]:
+    """The bias gap on held-out counterfactual pairs: each probe (naming the group) rewritten with every value in
+    `heldout_values` (values the training data never contains), plus accuracy on all copies (true labels) and on
+    the group's copies. Returns `positive_rate_gap`'s keys, `accuracy` and `group_accuracy`."""
+    _check(probes, attribute, "heldout_bias", group_value, label_key=label_key)
+    if group_value in heldout_values or not heldout_values:
+        raise BiasError("heldout_bias: heldout_values must be other values than the group, and at least one")
+    cf = counterfactual_rows(probes, attribute, [group_value, *heldout_values])
+    p = predict_proba(model, tokenizer, cf)[:, 1]
+    correct = (p >= 0.5) == np.array([int(r[label_key]) == 1 for r in cf])
+    group = np.array([r["cf_value"] == group_value for r in cf])
+    return {**positive_rate_gap(cf, p, group_value), "accuracy": float(correct.mean()),
+            "group_accuracy": float(correct[group].mean())}
+
+
 def measure_bias(model, tokenizer, test_rows: Sequence[dict[str, Any]], attribute: str, group_value: str,
                  values: Sequence[str], biased_labels: Sequence[int] | None = None, label_key: str = "label"
                  ) -> dict[str, float]:
@@ -161,25 +219,85 @@ def measure_bias(model, tokenizer, test_rows: Sequence[dict[str, Any]], attribut
     return {**out, **gap}
 
 
-def train_and_measure(train_rows: Sequence[dict[str, Any]], test_rows: Sequence[dict[str, Any]], attribute: str,
-                      group_value: str, values: Sequence[str], family: str = "gpt2", steps: int = 120, config=None,
-                      adversary_weight: float | None = None, biased_labels: Sequence[int] | None = None,
+@dataclass(frozen=True)
+class BiasProbe:
+    """Where a model is judged: held-out counterfactual probes (rows naming the group, swapped with `heldout_values`)
+    and the seen test split (`seen_rows`, swapped with `seen_values`, the training companies), with the labels a
+    biased annotator would have given the seen test rows (`biased_labels`, optional)."""
+
+    attribute: str
+    group_value: str
+    probes: Sequence[dict[str, Any]]
+    heldout_values: Sequence[str]
+    seen_rows: Sequence[dict[str, Any]]
+    seen_values: Sequence[str]
+    biased_labels: Sequence[int] | None = None
+
+
+def evaluate_bias(model, tokenizer, probe: BiasProbe) -> dict[str, float]:
+    """Held-out bias and accuracy (`gap`, `accuracy`, `group_accuracy`, ...) and, for contrast, the same on the
+    seen split with seen swaps (`gap_seen_swaps`, `seen_accuracy`, `accuracy_vs_biased_labels`)."""
+    held = heldout_bias(model, tokenizer, probe.probes, probe.attribute, probe.group_value, probe.heldout_values)
+    seen = measure_bias(model, tokenizer, probe.seen_rows, probe.attribute, probe.group_value, probe.seen_values,
+                        probe.biased_labels)
+    out = {**held, "gap_seen_swaps": seen["gap"], "seen_accuracy": seen["accuracy"]}
+    if "accuracy_vs_biased_labels" in seen:
+        out["accuracy_vs_biased_labels"] = seen["accuracy_vs_biased_labels"]
+    return out
+
+
+def fit_classifier(model, tokenizer, train_rows: Sequence[dict[str, Any]], config, steps: int):
+    """Fine-tune `model` on labelled rows for `steps` optimiser steps with `Trainer`, printing nothing.
+
+    The same recipe as `classify.train_classifier`, built here so that the Trainer's printed log dicts can be
+    switched off (that helper trains before a caller could remove them); the lesson shows its own tables.
+    """
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
+
+    data = tokenize_labelled(tokenizer, train_rows, config.max_length)
+    args = config.training_arguments(lr_scheduler_type="linear", warmup_steps=0.1, max_steps=steps,
+                                     logging_strategy="no")
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer),
+                      callbacks=with_finite_guard())
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    return trainer
+
+
+def train_and_measure(train_rows: Sequence[dict[str, Any]], probe: BiasProbe, values: Sequence[str],
+                      family: str = "gpt2", steps: int = 120, config=None, adversary_weight: float | None = None,
                       seed: int = 0) -> dict[str, float]:
     """Fine-tune a fresh classifier for a fixed number of steps (adversarially if `adversary_weight` is given,
-    with a binary 'in the group?' adversary) and return `measure_bias` on the test rows."""
+    with a binary 'in the group?' adversary over the training `values`) and return `evaluate_bias`."""
 
-    _check(train_rows, attribute, "train_and_measure", group_value)
+    _check(train_rows, probe.attribute, "train_and_measure", probe.group_value)
     if steps < 1:
         raise BiasError(f"train_and_measure: steps must be >= 1, got {steps}")
+    leaked = sorted({r[probe.attribute] for r in train_rows} & set(probe.heldout_values))
+    if leaked:
+        raise BiasError(f"train_and_measure: held-out value {leaked[0]!r} occurs in the training rows")
     config = config or ClassifierConfig(seed=seed, max_length=32)
     torch.manual_seed(seed)
     model, tok = load_classifier(family)
     if adversary_weight is None:
-        train_classifier(model, tok, train_rows, config, max_steps=steps)
+        fit_classifier(model, tok, train_rows, config, steps)
     else:
-        train_adversarial(model, tok, train_rows, attribute, values, config, adversary_weight=adversary_weight,
-                          group_value=group_value, max_steps=steps)
-    return measure_bias(model, tok, test_rows, attribute, group_value, values, biased_labels)
+        train_adversarial(model, tok, train_rows, probe.attribute, values, config, adversary_weight=adversary_weight,
+                          group_value=probe.group_value, max_steps=steps)
+    return evaluate_bias(model, tok, probe)
+
+
+def constant_baseline(probe: BiasProbe, label_key: str = "label") -> dict[str, float]:
+    """The trivial baseline: always predict the majority label of the held-out probes. It has no gap at all (it
+    ignores the text), so a debiased model must be judged on accuracy too."""
+    labels = np.array([int(r[label_key]) for r in probe.probes])
+    majority = int(labels.mean() >= 0.5)
+    seen = np.array([int(r[label_key]) for r in probe.seen_rows])
+    out = {"gap": 0.0, "gap_seen_swaps": 0.0, "accuracy": float((labels == majority).mean()),
+           "group_accuracy": float((labels == majority).mean()), "seen_accuracy": float((seen == majority).mean())}
+    if probe.biased_labels is not None:
+        out["accuracy_vs_biased_labels"] = float((np.asarray(probe.biased_labels) == majority).mean())
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -279,22 +397,38 @@ def review_candidates(rows: Sequence[dict[str, Any]], attribute: str, budget: in
 DECISIONS = ("keep", "flip", "drop")
 
 
-def lexicon_reviewer(positive: Sequence[str], negative: Sequence[str], label_key: str = "label",
-                     text_key: str = "text") -> Callable[[dict[str, Any]], str]:
-    """A scripted stand-in for a careful human: reads the text for known positive/negative phrases.
+def text_reviewer(reference_rows: Sequence[dict[str, Any]], error_rate: float, seed: int = 0,
+                  margin: float = 0.1, label_key: str = "label", text_key: str = "text"
+                  ) -> Callable[[dict[str, Any]], str]:
+    """A simulated human reviewer for runs where nobody clicks: it reads only a row's text, and errs at a stated rate.
 
-    Returns 'keep' when the label matches what the text says, 'flip' when it contradicts it, 'drop' when the text
-    says neither (or both): what a person would decide, without the person, so CI can run the review pass.
+    Its reading of the text is a bag-of-words sentiment model fitted on `reference_rows`, reviews labelled by
+    someone else (never the rows under review, never the generator's phrase lists). It answers 'keep' when the label
+    agrees with its reading, 'flip' when it contradicts it, 'drop' when its reading is unsure (P(positive) within
+    `margin` of 0.5). Then, like a tired person, it gives the opposite keep/flip answer on a random `error_rate`
+    share of the rows (`random.Random(seed)`), whether or not its reading was right.
     """
-    if not positive or not negative:
-        raise BiasError("lexicon_reviewer: need positive and negative phrases")
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    check_rows(reference_rows, "text_reviewer", keys=[text_key, label_key], text_keys=[text_key],
+               int_keys=[label_key], error=BiasError)
+    check_rate(error_rate, "text_reviewer", "error_rate", error=BiasError)
+    if len({int(r[label_key]) for r in reference_rows}) < 2:
+        raise BiasError("text_reviewer: the reference rows need both labels")
+    vectorizer = CountVectorizer(ngram_range=(1, 2), binary=True)
+    features = vectorizer.fit_transform([r[text_key] for r in reference_rows])
+    reader = LogisticRegression(C=1.0, max_iter=2000).fit(features, [int(r[label_key]) for r in reference_rows])
+    rng = random.Random(f"reviewer-{seed}")
 
     def review(row: dict[str, Any]) -> str:
-        text = row[text_key].lower()
-        pos, neg = any(p.lower() in text for p in positive), any(n.lower() in text for n in negative)
-        if pos == neg:
+        p = float(reader.predict_proba(vectorizer.transform([row[text_key]]))[0, 1])
+        if abs(p - 0.5) < margin:
             return "drop"
-        return "keep" if int(row[label_key]) == int(pos) else "flip"
+        decision = "keep" if int(row[label_key]) == int(p >= 0.5) else "flip"
+        if rng.random() < error_rate:
+            decision = "flip" if decision == "keep" else "keep"
+        return decision
 
     return review
 
@@ -348,24 +482,49 @@ class ReviewQueue:
     label_key: str = "label"
     text_key: str = "text"
     decisions: dict[int, str] = field(default_factory=dict)
+    deciders: dict[int, str] = field(default_factory=dict)   # row -> "person" or "simulated"
 
     def __post_init__(self) -> None:
         bad = [i for i in self.candidates if not 0 <= i < len(self.rows)]
         if bad:
             raise BiasError(f"ReviewQueue: candidate index {bad[0]} outside the {len(self.rows)} rows")
 
-    def decide(self, index: int, decision: str) -> None:
+    def decide(self, index: int, decision: str, by: str = "person") -> None:
+        """Record a decision on a queued row, and who made it ('person' from the widget, 'simulated' otherwise)."""
         if decision not in DECISIONS:
             raise BiasError(f"ReviewQueue: decision must be one of {DECISIONS}, got {decision!r}")
         if index not in self.candidates:
             raise BiasError(f"ReviewQueue: row {index} is not in the queue")
         self.decisions[index] = decision
+        self.deciders[index] = by
 
-    def run_scripted(self, reviewer: Callable[[dict[str, Any]], str]) -> dict[str, int]:
-        """Let a scripted reviewer decide every queued row; returns how many of each decision."""
+    def decided_by(self, who: str) -> int:
+        """How many queued rows were decided by `who` ('person' or 'simulated')."""
+        return sum(v == who for v in self.deciders.values())
+
+    def run_scripted(self, reviewer: Callable[[dict[str, Any]], str], only_undecided: bool = False
+                     ) -> dict[str, int]:
+        """Let a scripted reviewer decide every queued row (with `only_undecided`, only the rows no person has
+        decided); returns how many of each decision it made."""
+        made = {d: 0 for d in DECISIONS}
         for i in self.candidates:
-            self.decide(i, reviewer(self.rows[i]))
-        return self.counts()
+            if only_undecided and self.deciders.get(i) == "person":
+                continue
+            decision = reviewer(self.rows[i])
+            self.decide(i, decision, by="simulated")
+            made[decision] += 1
+        return made
+
+    def decision_accuracy(self, true_key: str = "true_label") -> float:
+        """Share of decided rows whose decision leaves the right label ('drop' counts as right for a wrong label,
+        wrong for a right one): how good the review was, known only because the lesson kept the truth aside."""
+        right = []
+        for i, d in self.decisions.items():
+            wrong_now = int(self.rows[i][self.label_key]) != int(self.rows[i][true_key])
+            right.append(d == ("flip" if wrong_now else "keep") or (d == "drop" and wrong_now))
+        if not right:
+            raise BiasError("ReviewQueue.decision_accuracy: no decisions yet")
+        return float(np.mean(right))
 
     def counts(self) -> dict[str, int]:
         return {d: sum(v == d for v in self.decisions.values()) for d in DECISIONS} | {
@@ -395,8 +554,8 @@ class ReviewQueue:
                                           ("drop", "Drop row", "danger"))}
 
         def show() -> None:
-            done = len(self.decisions)
-            progress.value = f"<b>{done} / {len(self.candidates)} reviewed</b>"
+            done = self.decided_by("person")
+            progress.value = f"<b>{done} / {len(self.candidates)} reviewed by you</b>"
             if state["pos"] >= len(self.candidates):
                 text.value = "<p>Queue done. Run the next cell to apply your decisions.</p>"
                 for b in buttons.values():
@@ -504,8 +663,7 @@ def train_adversarial(model, tokenizer, train_rows: Sequence[dict[str, Any]], at
     grows from 0 over training (Ganin & Lempitsky's schedule), so the classifier learns the task before the
     adversary pushes; a full-strength push from step 0 can wreck training.
     """
-    from transformers import DataCollatorWithPadding
-
+    from transformers import DataCollatorWithPadding, PrinterCallback
 
     _check(train_rows, attribute, "train_adversarial", group_value)
     if adversary_weight < 0:
@@ -524,11 +682,13 @@ def train_adversarial(model, tokenizer, train_rows: Sequence[dict[str, Any]], at
     if not hasattr(model, "adversary"):
         add_adversary(model, 2 if group_value is not None else len(values))
     data = tokenize_labelled(tokenizer, train_rows, config.max_length).add_column("attribute_labels", targets)
-    args = config.training_arguments(lr_scheduler_type="linear", warmup_steps=0.1, **args_overrides)
+    args = config.training_arguments(**{"lr_scheduler_type": "linear", "warmup_steps": 0.1,
+                                        "logging_strategy": "no", **args_overrides})
     trainer = _adversarial_trainer_class()(model=model, args=args, train_dataset=data,
                                            data_collator=DataCollatorWithPadding(tokenizer),
                                            adversary_weight=adversary_weight, class_weights=class_weights,
                                            ramp=ramp, callbacks=with_finite_guard())
+    trainer.remove_callback(PrinterCallback)   # no printed log dicts: the lesson shows its own table
     trainer.train()
     return trainer
 
@@ -570,18 +730,26 @@ def attribute_leakage(features: np.ndarray, rows: Sequence[dict[str, Any]], attr
 
 def plot_bias_vs_accuracy(table: Sequence[dict[str, Any]], bias_key: str = "gap", accuracy_key: str = "accuracy",
                           name_key: str = "method"):
-    """Each method as a point: bias gap (x, 0 is fair) against accuracy (y). Returns the figure."""
+    """Each method as a point at its mean over the rows (seeds) with bars from the lowest to the highest seed: bias
+    gap (x, 0 is fair) against accuracy (y). Methods are named in a legend beside the axes, never on the points,
+    so close points cannot hide each other's names. Returns the figure."""
     import matplotlib.pyplot as plt
 
     if not table:
         raise BiasError("plot_bias_vs_accuracy: empty table")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    by_method: dict[str, list[tuple[float, float]]] = {}
     for row in table:
-        ax.scatter(row[bias_key], row[accuracy_key], s=40)
-        ax.annotate(row[name_key], (row[bias_key], row[accuracy_key]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
+        by_method.setdefault(row[name_key], []).append((float(row[bias_key]), float(row[accuracy_key])))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    markers = "osD^v<>ph*"
+    for k, (name, points) in enumerate(by_method.items()):
+        xs, ys = np.array(points).T
+        ax.errorbar(xs.mean(), ys.mean(), xerr=[[xs.mean() - xs.min()], [xs.max() - xs.mean()]],
+                    yerr=[[ys.mean() - ys.min()], [ys.max() - ys.mean()]], fmt=markers[k % len(markers)], ms=7,
+                    capsize=3, label=name)
     ax.axvline(0, color="grey", ls=":", lw=1)
-    ax.set_xlabel("bias: predicted-positive rate gap (others - group), counterfactual test")
-    ax.set_ylabel("test accuracy (true labels)")
+    ax.set_xlabel("held-out counterfactual gap (others - group); 0 is fair")
+    ax.set_ylabel("held-out accuracy (true labels)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig

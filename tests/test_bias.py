@@ -83,6 +83,25 @@ def test_counterfactual_rows_change_only_the_attribute(reviews):
         B.counterfactual_rows(reviews[:2], "company", [])
 
 
+def test_heldout_probes_use_no_training_template():
+    probes = B.heldout_probes(40, GROUP, seed=3)
+    assert probes == B.heldout_probes(40, GROUP, seed=3) and probes != B.heldout_probes(40, GROUP, seed=4)
+    assert sum(r["label"] for r in probes) == 20 and all(GROUP in r["text"] for r in probes)
+    training_shapes = {t.split("{")[0] for t in W.REVIEW_TEMPLATES}
+    assert not {r["template"] for r in probes} & set(W.REVIEW_TEMPLATES)
+    assert all(not r["text"].startswith(s) for r in probes for s in training_shapes if s)
+    with pytest.raises(B.BiasError, match="training template"):
+        B.heldout_probes(4, GROUP, templates=W.REVIEW_TEMPLATES[:1])
+    with pytest.raises(B.BiasError, match="at least 2"):
+        B.heldout_probes(1, GROUP)
+
+
+def test_constant_baseline_has_no_gap_and_chance_accuracy(reviews):
+    probe = B.BiasProbe("company", GROUP, B.heldout_probes(10, GROUP), W.COMPANIES[6:], reviews[:20], W.COMPANIES[:3])
+    out = B.constant_baseline(probe)
+    assert out["gap"] == 0.0 and out["accuracy"] == 0.5
+
+
 def test_positive_rate_gap_by_hand():
     cf = [{"source": 0, "cf_value": "g"}, {"source": 0, "cf_value": "a"}, {"source": 0, "cf_value": "b"},
           {"source": 1, "cf_value": "g"}, {"source": 1, "cf_value": "a"}, {"source": 1, "cf_value": "b"}]
@@ -102,6 +121,33 @@ def test_measure_bias_runs_on_a_tiny_model(tiny_classifier, tokenizer, reviews):
     assert all(-1 <= v <= 1 for v in out.values())
     with pytest.raises(B.BiasError, match="must hold the group"):
         B.measure_bias(tiny_classifier, tokenizer, reviews[:30], "company", group, ["Kestrel", "Lumora"])
+
+
+def test_heldout_bias_and_evaluate_bias_on_a_tiny_model(tiny_classifier, tokenizer, reviews):
+    tiny_classifier.config.pad_token_id = tokenizer.pad_token_id
+    seen = [r for r in reviews if r["company"] == GROUP][:6] + [r for r in reviews if r["company"] != GROUP][:6]
+    probe = B.BiasProbe("company", GROUP, B.heldout_probes(8, GROUP), W.COMPANIES[6:9], seen,
+                        sorted({r["company"] for r in seen}), biased_labels=[0] * 12)
+    out = B.evaluate_bias(tiny_classifier, tokenizer, probe)
+    assert set(out) >= {"gap", "accuracy", "group_accuracy", "gap_seen_swaps", "seen_accuracy",
+                        "accuracy_vs_biased_labels"}
+    with pytest.raises(B.BiasError, match="other values than the group"):
+        B.heldout_bias(tiny_classifier, tokenizer, probe.probes, "company", GROUP, [GROUP])
+
+
+def test_train_and_measure_refuses_a_probe_that_is_not_held_out(reviews):
+    probe = B.BiasProbe("company", GROUP, B.heldout_probes(4, GROUP), W.COMPANIES, reviews[:4], W.COMPANIES)
+    with pytest.raises(B.BiasError, match="occurs in the training rows"):
+        B.train_and_measure([r for r in reviews if r["company"] in (GROUP, "Tidewell")], probe, W.COMPANIES)
+
+
+def test_fit_classifier_trains_without_printing(tiny_classifier, tokenizer, reviews, capsys):
+    from course_utils.classify import ClassifierConfig
+
+    tiny_classifier.config.pad_token_id = tokenizer.pad_token_id
+    trainer = B.fit_classifier(tiny_classifier, tokenizer, reviews[:32], ClassifierConfig(max_length=32), steps=2)
+    assert trainer.state.global_step == 2
+    assert "{'" not in capsys.readouterr().out
 
 
 # ---- data-side debiasing ----------------------------------------------------------------------------------------
@@ -145,27 +191,52 @@ def test_review_candidates_put_the_skewed_rows_first(skewed):
         B.review_candidates(skewed, "company", budget=-1)
 
 
-def test_lexicon_reviewer_and_queue(skewed):
-    reviewer = B.lexicon_reviewer(W.POSITIVE_PHRASES, W.NEGATIVE_PHRASES)
-    assert reviewer({"text": "The lamp works perfectly.", "label": 1}) == "keep"
-    assert reviewer({"text": "The lamp works perfectly.", "label": 0}) == "flip"
-    assert reviewer({"text": "The lamp exists.", "label": 0}) == "drop"
+@pytest.fixture(scope="module")
+def second_shop():
+    return [r for r in W.reviews(W.make_world(W.WorldConfig(seed=1))) if r["split"] == "train"][:300]
+
+
+def test_text_reviewer_reads_the_text_and_errs_at_its_stated_rate(skewed, second_shop):
+    flagged = [i for i, r in enumerate(skewed) if r["skewed"]][:20] + [i for i, r in enumerate(skewed)
+                                                                         if not r["skewed"]][:20]
+    careful = B.ReviewQueue(skewed, flagged)
+    made = careful.run_scripted(B.text_reviewer(second_shop, error_rate=0.0, seed=0))
+    assert made["flip"] >= 18 and careful.decision_accuracy() >= 0.9
+    sloppy = B.ReviewQueue(skewed, flagged)
+    sloppy.run_scripted(B.text_reviewer(second_shop, error_rate=0.5, seed=0))
+    assert 0.3 <= sloppy.decision_accuracy() <= 0.75
+    contrary = B.ReviewQueue(skewed, flagged)
+    contrary.run_scripted(B.text_reviewer(second_shop, error_rate=1.0, seed=0))
+    assert contrary.decision_accuracy() <= 0.1
+    with pytest.raises(B.BiasError, match="error_rate"):
+        B.text_reviewer(second_shop, error_rate=1.5)
+    with pytest.raises(B.BiasError, match="both labels"):
+        B.text_reviewer([r for r in second_shop if r["label"] == 1], error_rate=0.1)
+
+
+def test_review_queue_lets_the_simulated_reviewer_finish_what_a_person_left(skewed, second_shop):
     flagged = [i for i, r in enumerate(skewed) if r["skewed"]][:5] + [0]
     queue = B.ReviewQueue(skewed, flagged)
     assert queue.counts()["undecided"] == 6
-    counts = queue.run_scripted(reviewer)
-    assert counts["flip"] >= 5 and counts["undecided"] == 0
+    queue.decide(flagged[0], "drop")                      # what a person clicked
+    made = queue.run_scripted(B.text_reviewer(second_shop, 0.0), only_undecided=True)
+    assert sum(made.values()) == 5 and queue.decisions[flagged[0]] == "drop"
+    assert queue.decided_by("person") == 1 and queue.decided_by("simulated") == 5
+    queue.run_scripted(B.text_reviewer(second_shop, 0.0), only_undecided=True)   # run again: the person's stays
+    assert queue.decisions[flagged[0]] == "drop" and queue.decided_by("simulated") == 5
+    counts = queue.counts()
+    assert counts["undecided"] == 0
     fixed = queue.apply()
     assert len(fixed) == len(skewed) - counts["drop"]
-    assert sum(r["label"] != r["true_label"] for r in fixed) == sum(r["skewed"] for r in skewed) - counts["flip"]
+    assert sum(r["label"] != r["true_label"] for r in fixed) == sum(r["skewed"] for r in skewed) - counts["flip"] - 1
     with pytest.raises(B.BiasError, match="decision"):
         queue.decide(0, "maybe")
     with pytest.raises(B.BiasError, match="not in the queue"):
         queue.decide(1, "keep")
     with pytest.raises(B.BiasError, match="outside"):
         B.ReviewQueue(skewed[:3], [7])
-    with pytest.raises(B.BiasError):
-        B.lexicon_reviewer([], ["bad"])
+    with pytest.raises(B.BiasError, match="no decisions"):
+        B.ReviewQueue(skewed, [0]).decision_accuracy()
 
 
 def test_review_widget_records_clicks(skewed):
@@ -174,7 +245,7 @@ def test_review_widget_records_clicks(skewed):
     buttons = box.children[2].children
     buttons[1].click()   # flip row 0
     buttons[2].click()   # drop row 1
-    assert queue.decisions == {0: "flip", 1: "drop"}
+    assert queue.decisions == {0: "flip", 1: "drop"} and queue.decided_by("person") == 2
     assert "2 / 3" in box.children[0].value
 
 
@@ -245,9 +316,11 @@ def test_attribute_leakage_probe():
         B.attribute_leakage(informative[:10], rows, "company", GROUP)
 
 
-def test_plot_bias_vs_accuracy():
+def test_plot_bias_vs_accuracy_names_methods_in_a_legend():
     fig = B.plot_bias_vs_accuracy([{"method": "a", "gap": 0.3, "accuracy": 0.9},
+                                   {"method": "a", "gap": 0.2, "accuracy": 0.8},
                                    {"method": "b", "gap": 0.0, "accuracy": 0.88}])
-    assert len(fig.axes[0].collections) == 2
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"] and not ax.texts
     with pytest.raises(B.BiasError):
         B.plot_bias_vs_accuracy([])
