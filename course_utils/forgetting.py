@@ -1,4 +1,4 @@
-"""Catastrophic forgetting and three ways to limit it: rehearsal, EWC and (in lesson 02) LoRA.
+"""Catastrophic forgetting and four ways to limit it: a lower learning rate, rehearsal, EWC and LoRA.
 
 Fine-tuning moves every weight toward the new data, and nothing in the loss says "keep what you knew". This module
 holds the pieces lesson 02 needs to *measure* that loss and to fight it:
@@ -10,7 +10,11 @@ holds the pieces lesson 02 needs to *measure* that loss and to fight it:
 - `ForgettingMonitor` and `finetune`: a fine-tuning run that measures what was learned *and* what was lost every
   few steps, so each run draws its own learning-vs-forgetting curve;
 - `value_at`: reads such a curve at a chosen amount of learning, to compare methods at matched learning
-  (Biderman et al. 2024, "LoRA learns less and forgets less").
+  (Biderman et al. 2024, "LoRA learns less and forgets less");
+- `forgetting_data`, `StudyConfig`, `run_study`: one seed's taught, validation and test people, a replay pool
+  that never holds a probed person (`world.replay_texts`), and every setting of the lesson run on them;
+- `choose_on_validation`, `matched_gain`, `at_its_learning`: a mitigation's strength chosen on validation people,
+  and every method judged on test people at matched learning.
 
 EWC and the Fisher are written by hand because neither `transformers`, `peft` nor `trl` provides them; everything
 else (training loop, schedules, adapters) is the Hugging Face `Trainer` and `peft`.
@@ -18,20 +22,21 @@ else (training loop, schedules, adapters) is the Hugging Face `Trainer` and `pef
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from transformers import Trainer
 
-from course_utils.config import CourseConfig
+from course_utils.config import CourseConfig, Limit
 from course_utils.errors import CourseError
 from course_utils.evaluate import fact_recall, perplexity
 from course_utils.peft_methods import apply_lora
 from course_utils.text import encode, model_device, pad_batch, pad_id
-from course_utils.train import ForgettingMonitor, causal_lm_trainer, rehearsal_set
+from course_utils.train import ForgettingMonitor, causal_lm_trainer, rehearsal_set, tokenize_texts
 from course_utils.train import mix_rehearsal, rehearsal_count  # noqa: F401  (lesson 02 calls them as F.*)
-from course_utils.world import ATTRIBUTES, RECALL_PROMPTS
+from course_utils.world import ATTRIBUTES, RECALL_PROMPTS, World, heldout_bios, replay_texts, sample_world
 
 
 LIBRARY_CALLS = {
@@ -235,17 +240,24 @@ def fast_fact_recall(model, tokenizer, people: Sequence, attributes: Sequence[st
 
 
 def knowledge_probe(tokenizer, old_people: Sequence, new_people: Sequence, old_texts: Sequence[str] | None = None,
-                    attributes: Sequence[str] | None = None) -> Callable[[Any], dict[str, float]]:
-    """A function model -> {"new_recall", "old_recall", "old_ppl"}: learned (recall of the facts being taught),
-    kept (recall of facts the base model knew) and, if `old_texts` are given, perplexity on original-style text."""
+                    attributes: Sequence[str] | None = None,
+                    val_people: Sequence | None = None) -> Callable[[Any], dict[str, float]]:
+    """A function model -> {"new_recall", "old_recall", "old_ppl", "val_old_recall"}: learned (recall of the facts
+    being taught), kept (recall of facts the base model knew, on the *test* people `old_people`), and, if given,
+    perplexity on original-style `old_texts` and old-fact recall on `val_people`, the people settings are chosen on."""
 
     if not old_people or not new_people:
         raise ForgettingError("knowledge_probe: need at least one old and one new person")
+    if val_people is not None and {p.name for p in val_people} & {p.name for p in old_people}:
+        raise ForgettingError("knowledge_probe: validation and test people overlap; choose on people you do not judge on")
 
     def measure(model) -> dict[str, float]:
         new = fast_fact_recall(model, tokenizer, new_people, attributes)
         old = fast_fact_recall(model, tokenizer, old_people, attributes)
         out = {"new_recall": sum(new.values()) / len(new), "old_recall": sum(old.values()) / len(old)}
+        if val_people:
+            val = fast_fact_recall(model, tokenizer, val_people, attributes)
+            out["val_old_recall"] = sum(val.values()) / len(val)
         if old_texts:
             out["old_ppl"] = perplexity(model, tokenizer, old_texts)
         return out
@@ -266,6 +278,77 @@ class RunConfig(CourseConfig):
     eval_every: int = 25
     seed: int = 0
     max_length: int = 96
+
+
+@dataclass
+class StudyConfig(CourseConfig):
+    """Lesson 02's experiment, fixed before any run: every setting below runs on every seed.
+
+    Full fine-tuning at `learning_rate` is the naive baseline; the mitigations are the same fine-tuning at
+    `lower_learning_rate`, rehearsal at each of `ratios` (share of replayed text), EWC at each of `lambdas`, and
+    LoRA of rank `lora_r` at `lora_learning_rate` on the attention matrices and on attention + MLP. Each run is
+    `steps` steps of `batch_size`, measured every `eval_every` steps; methods are compared when their new-fact
+    recall first reaches `target` (matched learning). The Fisher is estimated on `n_fisher` replayable texts.
+    """
+
+    error = ForgettingError
+    LIMITS = {"lower_learning_rate": Limit(0, 1, low_open=True), "target": Limit(0, 1, low_open=True),
+              "n_fisher": Limit(1, 10**5)}
+
+    learning_rate: float = 3e-3
+    lower_learning_rate: float = 1e-3
+    lora_learning_rate: float = 1e-2
+    lora_r: int = 8
+    ratios: tuple = (0.25, 0.5, 0.75)
+    lambdas: tuple = (1e3, 1e4, 1e5)
+    n_fisher: int = 100
+    target: float = 0.6
+    steps: int = 60
+    batch_size: int = 8
+    warmup_steps: int = 10
+    eval_every: int = 20
+
+    def check(self) -> None:
+        if not self.lower_learning_rate < self.learning_rate:
+            raise ForgettingError(f"StudyConfig: lower_learning_rate ({self.lower_learning_rate:g}) must be below "
+                                  f"learning_rate ({self.learning_rate:g})")
+        if not self.ratios or not all(isinstance(r, (int, float)) and 0 < r < 1 for r in self.ratios):
+            raise ForgettingError(f"StudyConfig: ratios must be shares in (0, 1), got {self.ratios!r}")
+        if not self.lambdas or not all(isinstance(v, (int, float)) and v > 0 for v in self.lambdas):
+            raise ForgettingError(f"StudyConfig: lambdas must be positive, got {self.lambdas!r}")
+
+    def run_config(self, learning_rate: float, seed: int) -> "RunConfig":
+        """The `RunConfig` of one run of this study."""
+        return RunConfig(steps=self.steps, learning_rate=learning_rate, batch_size=self.batch_size,
+                         warmup_steps=self.warmup_steps, eval_every=self.eval_every, seed=seed)
+
+    def settings(self) -> list[tuple[str, float, dict[str, Any]]]:
+        """Every run of one seed, in order: (method, learning rate, keyword arguments of `run_method`)."""
+        return ([("naive", self.learning_rate, {}), ("lower lr", self.lower_learning_rate, {})]
+                + [("rehearsal", self.learning_rate, {"ratio": r}) for r in self.ratios]
+                + [("ewc", self.learning_rate, {"ewc_lambda": v}) for v in self.lambdas]
+                + [("lora", self.lora_learning_rate, {"lora_r": self.lora_r, "lora_mlp": mlp}) for mlp in (False, True)])
+
+
+def run_study(base_model, tokenizer, data: ForgettingData, study: StudyConfig, seed: int,
+              probe_texts: Sequence[str] = ()) -> tuple[list[dict[str, Any]], dict[str, float], dict]:
+    """Every setting of `study` on one seed's `data`: returns (curves, the base model's measured row, the Fisher).
+
+    Old-fact recall is measured on the seed's validation and test people, new-fact recall on its taught people,
+    perplexity on `probe_texts`. Rehearsal replays, and the Fisher is estimated on, `data.replay` only.
+    """
+    from tqdm.auto import tqdm
+
+    measure = knowledge_probe(tokenizer, data.test_people, data.new_people, list(probe_texts),
+                              val_people=data.val_people)
+    base_row = measure(base_model)
+    fisher = fisher_diagonal(base_model, tokenize_texts(tokenizer, data.fisher_texts(study.n_fisher, seed)),
+                             mode="sampled", seed=seed)
+    curves: list[dict[str, Any]] = []
+    for method, lr, kwargs in tqdm(study.settings(), desc=f"seed {seed}", leave=False):
+        curves += run_method(base_model, tokenizer, method, data.new_texts, measure, study.run_config(lr, seed),
+                             old_texts=data.replay, fisher=fisher, start=base_row, **kwargs)
+    return curves, base_row, fisher
 
 
 def finetune(model, tokenizer, texts: Sequence[str], measure: Callable[[Any], dict[str, float]],
@@ -306,23 +389,26 @@ def value_at(history: Sequence[Mapping[str, float]], x_key: str, x: float, y_key
     return float("nan")
 
 
-METHODS = ("naive", "rehearsal", "ewc", "lora")
+METHODS = ("naive", "lower lr", "rehearsal", "ewc", "lora")
 
 
 def run_method(base_model, tokenizer, method: str, new_texts: Sequence[str], measure: Callable[[Any], dict[str, float]],
                config: RunConfig, *, old_texts: Sequence[str] = (), ratio: float = 0.0,
                fisher: Mapping[str, torch.Tensor] | None = None, ewc_lambda: float = 0.0, lora_r: int = 8,
-               start: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
-    """Fine-tune a *copy* of `base_model` on `new_texts` with one of the four methods; return its measured curve.
+               lora_mlp: bool = False, start: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+    """Fine-tune a *copy* of `base_model` on `new_texts` with one of the methods; return its measured curve.
 
     - "naive": plain full fine-tuning;
+    - "lower lr": the same plain full fine-tuning, run at the lower learning rate in `config` (the cheapest
+      mitigation: the label keeps it apart from the naive baseline in every table);
     - "rehearsal": full fine-tuning on `mix_rehearsal(new_texts, old_texts, ratio)` (enough epochs for the run);
+      `old_texts` must not hold anything about the people you judge on (`world.replay_texts`);
     - "ewc": full fine-tuning with the EWC penalty (`fisher` from `fisher_diagonal`, anchored at the base weights);
-    - "lora": a LoRA adapter of rank `lora_r` on the attention matrices (`peft_methods.apply_lora`).
+    - "lora": a LoRA adapter of rank `lora_r` on the attention matrices, and on the MLP too with `lora_mlp=True`
+      (`peft_methods.apply_lora`).
     Every row carries method, setting, lr and seed, so curves of many runs concatenate into one table.
     """
     import copy
-
 
     if method not in METHODS:
         raise ForgettingError(f"unknown method {method!r}; choose one of {METHODS}")
@@ -337,18 +423,19 @@ def run_method(base_model, tokenizer, method: str, new_texts: Sequence[str], mea
         ewc = dict(fisher=fisher, anchor=anchor_weights(model), ewc_lambda=ewc_lambda)
         setting = f"lambda={ewc_lambda:g}"
     elif method == "lora":
-        model = apply_lora(model, r=lora_r)
-        setting = f"r={lora_r}"
+        model = apply_lora(model, r=lora_r, mlp=lora_mlp)
+        setting = f"{'attention + MLP' if lora_mlp else 'attention'}, r={lora_r}"
     label = {"method": method, "setting": setting, "lr": config.learning_rate, "seed": config.seed}
     return finetune(model, tokenizer, texts, measure, config, ewc=ewc, label=label, start=start)
 
 
 def summarise(curves: Sequence[Mapping[str, Any]], target: float, base_old: float, x_key: str = "new_recall",
-              y_keys: Sequence[str] = ("old_recall", "old_ppl")) -> "pd.DataFrame":
+              y_keys: Sequence[str] = ("old_recall", "old_ppl", "val_old_recall")) -> "pd.DataFrame":
     """One row per run (method, setting, lr, seed): final numbers and the old-knowledge numbers at matched learning.
 
-    `old_recall@target` is the old-fact recall when the run's new-fact recall first reached `target`
-    (`value_at`); `forgot@target` = `base_old` minus it. NaN means the run never learned that much.
+    `old_recall@target` is the old-fact recall (of the test people) when the run's new-fact recall first reached
+    `target` (`value_at`); `forgot@target` = `base_old` minus it; `val_old_recall@target` is the same reading on the
+    validation people, the only one `choose_on_validation` looks at. NaN means the run never learned that much.
     """
     import pandas as pd
 
@@ -366,6 +453,110 @@ def summarise(curves: Sequence[Mapping[str, Any]], target: float, base_old: floa
         row["forgot@target"] = base_old - row["old_recall@target"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+@dataclass
+class ForgettingData:
+    """One seed's people and texts: who is taught, who is probed (validation and test), and what may be replayed.
+
+    - `new_people`: held-out people the base model never saw; their biographies (`new_texts`) are fine-tuned on;
+    - `val_people`: seen people whose old-fact recall chooses EWC's lambda and the rehearsal ratio;
+    - `test_people`: other seen people whose old-fact recall judges every method; no choice looks at them;
+    - `replay`: the pretraining texts a mitigation may train on (rehearsal) or estimate its Fisher on (EWC): generic
+      text and biographies of seen people who are *not* probed (`world.replay_texts`). Replaying a probed
+      person's biography would re-teach the very fact the test asks for.
+    """
+
+    new_people: list
+    val_people: list
+    test_people: list
+    new_texts: list[str]
+    replay: list[str]
+
+    def fisher_texts(self, n: int, seed: int) -> list[str]:
+        """A seeded sample of `n` replayable texts: what the EWC Fisher is estimated on."""
+        if not 0 < n <= len(self.replay):
+            raise ForgettingError(f"fisher_texts: n must be in [1, {len(self.replay)}] (the replay pool), got {n}")
+        return random.Random(seed).sample(self.replay, n)
+
+
+def forgetting_data(world: World, n_new: int, n_val: int, n_test: int, seed: int) -> ForgettingData:
+    """Draw one seed's taught, validation and test people (disjoint, `world.sample_world`) and its replay pool."""
+    if min(n_new, n_val, n_test) < 1:
+        raise ForgettingError(f"forgetting_data: need at least one new, validation and test person, got "
+                              f"{n_new}, {n_val}, {n_test}")
+    sample = sample_world(world, n_seen=n_val + n_test, n_heldout=n_new, seed=seed)
+    new_people, val_people, test_people = sample.heldout, sample.seen[:n_val], sample.seen[n_val:]
+    taught = {p.name for p in new_people}
+    new_texts = [r["text"] for r in heldout_bios(world) if r["person"] in taught]
+    return ForgettingData(new_people, val_people, test_people, new_texts,
+                          replay_texts(world, val_people + test_people))
+
+
+def choose_on_validation(summary: "pd.DataFrame", method: str, key: str = "val_old_recall@target") -> dict[Any, str]:
+    """Per seed, the setting of `method` (a lambda, a ratio) that kept the most old facts of the *validation*
+    people at matched learning (`key`); settings that never reached the target are out. Ties go to the first
+    setting in run order. The test people's numbers are never read here."""
+    rows = summary[summary["method"] == method]
+    if rows.empty:
+        raise ForgettingError(f"choose_on_validation: no runs of method {method!r} in the summary")
+    if key not in rows:
+        raise ForgettingError(f"choose_on_validation: the summary has no column {key!r}; measure validation "
+                              f"people (knowledge_probe(..., val_people=...))")
+    chosen = {}
+    for seed, runs in rows.groupby("seed", sort=False):
+        feasible = runs.dropna(subset=[key])
+        if feasible.empty:
+            raise ForgettingError(f"choose_on_validation: no {method} setting reached the target in seed {seed}")
+        chosen[seed] = feasible.loc[feasible[key].idxmax(), "setting"]
+    return chosen
+
+
+def at_edge(summary: "pd.DataFrame", method: str, chosen: Mapping[Any, str]) -> dict[Any, bool]:
+    """Per seed, whether the chosen setting is the first or the last of `method`'s grid (in run order): then the
+    best setting may lie outside the grid. A grid whose last setting never reached the target ends past the choice."""
+    out = {}
+    for seed, runs in summary[summary["method"] == method].groupby("seed", sort=False):
+        settings = list(runs["setting"])
+        out[seed] = settings.index(chosen[seed]) in (0, len(settings) - 1)
+    return out
+
+
+def matched_gain(summary: "pd.DataFrame", method: str, setting_by_seed: Mapping[Any, str] | str,
+                 baseline: str = "naive", column: str = "forgot@target") -> dict[Any, float]:
+    """Per seed: `column` of the baseline run minus that of `method`'s run with the given setting (per seed, or
+    one for all): how much less it forgot at matched learning (positive: the mitigation helped)."""
+    out = {}
+    for seed in summary["seed"].unique():
+        setting = setting_by_seed if isinstance(setting_by_seed, str) else setting_by_seed[seed]
+        base = summary[(summary["method"] == baseline) & (summary["seed"] == seed)]
+        run = summary[(summary["method"] == method) & (summary["seed"] == seed) & (summary["setting"] == setting)]
+        if len(base) != 1 or len(run) != 1:
+            raise ForgettingError(f"matched_gain: need one {baseline} run and one {method} ({setting}) run in seed "
+                                  f"{seed}, found {len(base)} and {len(run)}")
+        out[seed] = float(base[column].iloc[0] - run[column].iloc[0])
+    return out
+
+
+def at_its_learning(curves: Sequence[Mapping[str, Any]], method: str, setting: str, reference: str = "naive",
+                    x_key: str = "new_recall", y_key: str = "old_recall") -> "pd.DataFrame":
+    """Matched learning the other way round, for a method that never reaches the target (LoRA here): per seed,
+    where the run ended (its final `x_key`, its final `y_key`) and the `reference` run's `y_key` when it first
+    reached that same `x_key` (`value_at`). `kept more` > 0: the method kept more old facts at equal learning."""
+    import pandas as pd
+
+    df = pd.DataFrame(list(curves))
+    rows = []
+    for seed in df["seed"].unique():
+        run = df[(df.method == method) & (df.setting == setting) & (df.seed == seed)].sort_values("step")
+        ref = df[(df.method == reference) & (df.seed == seed)].sort_values("step")
+        if run.empty or ref.empty:
+            raise ForgettingError(f"at_its_learning: no {method} ({setting}) or {reference} run in seed {seed}")
+        end = run.iloc[-1]
+        ref_y = value_at(ref.to_dict("records"), x_key, float(end[x_key]), y_key)
+        rows.append({"seed": seed, f"final {x_key}": float(end[x_key]), f"final {y_key}": float(end[y_key]),
+                     f"{reference} {y_key} there": ref_y, "kept more": float(end[y_key]) - ref_y})
+    return pd.DataFrame(rows).set_index("seed")
 
 
 def plot_curves(curves: Sequence[Mapping[str, Any]], title: str = "", base_old: float | None = None):

@@ -258,6 +258,19 @@ def pretraining_corpus(world: World) -> list[dict[str, Any]]:
     return rows
 
 
+def replay_texts(world: World, probed) -> list[str]:
+    """The pretraining texts a mitigation may replay (or estimate a Fisher on): every row of
+    `pretraining_corpus(world)` except the biographies of the `probed` people (Person objects or names).
+
+    A replay buffer that held the biographies of the people whose recall is the test would re-teach the test
+    facts; generic text and the biographies of people nobody probes are fair game.
+    """
+    names = {p if isinstance(p, str) else p.name for p in probed}
+    if not names:
+        raise WorldError("replay_texts: name the probed people (their biographies are what must not be replayed)")
+    return [r["text"] for r in pretraining_corpus(world) if r["person"] not in names]
+
+
 def generic_eval_text(world: World) -> list[dict[str, Any]]:
     """Fresh generic sentences, never in the pretraining corpus: the perplexity probe for 'ordinary text'."""
     rng = random.Random(world.config.seed + 2)

@@ -234,3 +234,79 @@ def test_run_method_trains_a_copy_and_labels_its_rows(tokenizer):
         F.run_method(base, tokenizer, "dropout", ["a"], measure, cfg)
     with pytest.raises(F.ForgettingError, match="pass the Fisher"):
         F.run_method(base, tokenizer, "ewc", ["a"], measure, cfg)
+
+
+def test_the_replay_pool_and_the_fisher_data_never_hold_a_probed_person():
+    """Issue 21: rehearsal and EWC may look at pretraining text, but never at a probed person's biography."""
+    from course_utils import world as W
+
+    world = W.make_world()
+    data = F.forgetting_data(world, n_new=16, n_val=20, n_test=30, seed=3)
+    new, val, test = ({p.name for p in g} for g in (data.new_people, data.val_people, data.test_people))
+    assert len(new) == 16 and len(val) == 20 and len(test) == 30 and not (new & val or new & test or val & test)
+    surname = lambda name: name.split()[1]  # noqa: E731  (surnames are unique per person, first names repeat)
+    probed = {surname(n) for n in val | test}
+    for text in data.replay + data.fisher_texts(100, seed=3):
+        assert not any(s in text for s in probed), f"a probed person is replayed: {text}"
+    corpus = W.pretraining_corpus(world)
+    # everything else is still there: generic text and the biographies of the seen people nobody probes
+    assert len(data.replay) == len(corpus) - world.config.bios_per_person * (len(val) + len(test))
+    assert sum(r["kind"] == "generic" for r in corpus) == sum(t in {r["text"] for r in corpus if r["kind"] == "generic"}
+                                                              for t in data.replay)
+    unprobed = [p for p in world.seen if p.name not in val | test]
+    assert all(any(surname(p.name) in t for t in data.replay) for p in unprobed)
+    assert not any(surname(n) in t for n in new for t in data.replay)  # new people were never pretrained on
+    assert all(surname(p.name) in " ".join(data.new_texts) for p in data.new_people)
+    # a rehearsal run's training set draws its old texts from that pool only
+    mixed = F.rehearsal_set(data.new_texts, data.replay, 0.5, seed=0, steps=20, batch_size=8)
+    assert not any(s in t for s in probed for t in mixed)
+    with pytest.raises(W.WorldError, match="name the probed people"):
+        W.replay_texts(world, [])
+    with pytest.raises(F.ForgettingError, match="fisher_texts: n must be"):
+        data.fisher_texts(10_000, seed=0)
+    with pytest.raises(F.ForgettingError, match="validation and test people overlap"):
+        F.knowledge_probe(None, data.test_people, data.new_people, val_people=data.test_people[:2])
+
+
+def _summary(rows):
+    import pandas as pd
+
+    return pd.DataFrame([dict(zip(["method", "setting", "seed", "val_old_recall@target", "forgot@target"], r))
+                         for r in rows])
+
+
+def test_settings_are_chosen_on_validation_people_only():
+    nan = float("nan")
+    summary = _summary([
+        ("naive", "", 0, 0.70, 0.30), ("naive", "", 1, 0.72, 0.28),
+        # seed 0: the validation people prefer lambda=10 although the test people did better with lambda=100;
+        # lambda=1000 never reached the target (NaN) and is out
+        ("ewc", "lambda=10", 0, 0.90, 0.20), ("ewc", "lambda=100", 0, 0.85, 0.05), ("ewc", "lambda=1000", 0, nan, nan),
+        ("ewc", "lambda=10", 1, 0.80, 0.10), ("ewc", "lambda=100", 1, 0.95, 0.15), ("ewc", "lambda=1000", 1, nan, nan),
+    ])
+    chosen = F.choose_on_validation(summary, "ewc")
+    assert chosen == {0: "lambda=10", 1: "lambda=100"}
+    assert F.at_edge(summary, "ewc", chosen) == {0: True, 1: False}
+    assert F.matched_gain(summary, "ewc", chosen) == pytest.approx({0: 0.10, 1: 0.13})
+    assert F.matched_gain(summary, "ewc", "lambda=100") == pytest.approx({0: 0.25, 1: 0.13})
+    with pytest.raises(F.ForgettingError, match="no runs of method 'rehearsal'"):
+        F.choose_on_validation(summary, "rehearsal")
+    with pytest.raises(F.ForgettingError, match="no ewc setting reached the target in seed 2"):
+        F.choose_on_validation(_summary([("ewc", "lambda=10", 2, nan, nan)]), "ewc")
+    with pytest.raises(F.ForgettingError, match="need one naive run"):
+        F.matched_gain(summary, "ewc", "lambda=5")
+
+
+def test_at_its_learning_reads_the_reference_where_the_method_ended():
+    def curve(method, setting, points):
+        return [{"method": method, "setting": setting, "lr": 1e-3, "seed": 0, "step": 10 * i, "new_recall": n,
+                 "old_recall": o} for i, (n, o) in enumerate(points)]
+
+    curves = curve("naive", "", [(0.0, 1.0), (0.4, 0.6), (0.8, 0.5)]) + curve("lora", "attention, r=8",
+                                                                              [(0.0, 1.0), (0.1, 0.9), (0.2, 0.7)])
+    table = F.at_its_learning(curves, "lora", "attention, r=8")
+    row = table.loc[0]
+    assert row["final new_recall"] == 0.2 and row["naive old_recall there"] == pytest.approx(0.8)
+    assert row["kept more"] == pytest.approx(-0.1)
+    with pytest.raises(F.ForgettingError, match="no lora"):
+        F.at_its_learning(curves, "lora", "attention + MLP, r=8")
