@@ -114,8 +114,10 @@ PROBLEMS: tuple[Problem, ...] = (
     Problem("compute cost", "full FT: gradient + optimizer memory (MB, mean over families)",
             Metric(L01, "grads+optimizer MB", {"method": "full"}),
             "LoRA: gradient + optimizer memory (MB)", Metric(L01, "grads+optimizer MB", {"method": "lora"})),
-    Problem("compute cost", "full FT: trainable parameters (%)", Metric(L01, "trainable %", {"method": "full"}),
-            "LoRA: trainable parameters (%)", Metric(L01, "trainable %", {"method": "lora"})),
+    Problem("compute cost", "full FT: measured peak memory of a training step, one sequence (MB, Llama)",
+            Metric(L01, "peak MB (batch 1)", {"method": "full", "family": "llama"}),
+            "LoRA: measured peak memory of a training step, one sequence (MB, Llama)",
+            Metric(L01, "peak MB (batch 1)", {"method": "lora", "family": "llama"})),
     Problem("catastrophic forgetting", "naive FT: old-fact recall lost at matched learning",
             Metric(L02, "forgot@target", {"method": "naive"}),
             "EWC (mean over the lambda sweep): old-fact recall lost", Metric(L02, "forgot@target", {"method": "ewc"})),
@@ -279,8 +281,8 @@ def choose_recipe(resources: Resources, task: TaskSpec, records: Mapping[str, Ma
                   small_data: int = 500) -> Recipe:
     """Pick a method from the measured evidence; each choice appends the reason and the numbers behind it."""
     reasons = []
-    full_state = Metric(L01, "grads+optimizer MB", {"method": "full"}).read(records)
-    lora_state = Metric(L01, "grads+optimizer MB", {"method": "lora"}).read(records)
+    full_state = Metric(L01, "grads+optimizer MB", {"method": "full", "family": "llama"}).read(records)
+    lora_state = Metric(L01, "grads+optimizer MB", {"method": "lora", "family": "llama"}).read(records)
     ratio = lora_state / full_state if full_state and not math.isnan(full_state) else 0.05
     naive_new = Metric(L02, "final_new_recall", {"method": "naive"}).read(records)
     lora_new = Metric(L02, "final_new_recall", {"method": "lora"}).read(records)
@@ -296,10 +298,10 @@ def choose_recipe(resources: Resources, task: TaskSpec, records: Mapping[str, Ma
         method = "lora"
     else:
         method = "lora"
-        full_ppl = Metric(L01, "answer_ppl", {"method": "full"}).read(records)
-        lora_ppl = Metric(L01, "answer_ppl", {"method": "lora"}).read(records)
+        full_ppl = Metric(L01, "answer_ppl", {"method": "full", "family": "llama"}).read(records)
+        lora_ppl = Metric(L01, "answer_ppl", {"method": "lora", "family": "llama"}).read(records)
         reasons.append(f"{task.goal}: LoRA needs far less memory; its answer perplexity was {lora_ppl:.3g} against "
-                       f"{full_ppl:.3g} for full FT at equal steps (lesson 01, mean over families)")
+                       f"{full_ppl:.3g} for full FT at equal steps (lesson 01, Llama, mean over the seeds)")
     if method == "lora":
         lora_gb = training_memory_gb(resources.model_params, "lora", ratio)
         if not fits_full:

@@ -13,6 +13,11 @@ The methods of lesson 01, from most to fewest trainable parameters (`apply_metho
 | `lora` | two low-rank matrices B·A added to each attention matrix (Hu et al. 2022) | `LoraConfig` |
 | `prefix` | `num_virtual_tokens` learned key/value vectors per layer, prepended to attention (Li & Liang 2021) | `PrefixTuningConfig` |
 | `ia3` | one learned scaling vector per adapted matrix: keys, values and the MLP output (Liu et al. 2022) | `IA3Config` |
+| `adapter` | a bottleneck MLP after each attention and MLP output, plus the layer norms (Houlsby et al. 2019) | ours |
+
+`adapter` is hand-written (`add_bottleneck_adapters`): peft 0.21 has no Houlsby-style bottleneck adapter (its
+"adaption prompt" is LLaMA-Adapter, a prompt method), and the `adapters` library is not among the course's pinned
+dependencies.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 import re
 
 import warnings
+
+import torch
 
 from course_utils.errors import CourseError, check_model, check_rate
 
@@ -45,7 +52,13 @@ IA3_TARGETS: dict[str, tuple[str | list[str], str | list[str]]] = {
     "qwen2": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
     "llama": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
 }
-PEFT_METHODS = ("full", "freeze", "lora", "prefix", "ia3")
+# GPT-2's regex again: `c_proj` names both the attention output and the MLP output, and Houlsby adapts both.
+ADAPTER_TARGETS: dict[str, str | list[str]] = {
+    "gpt2": r".*(attn|mlp)\.c_proj",
+    "qwen2": ["o_proj", "down_proj"],
+    "llama": ["o_proj", "down_proj"],
+}
+PEFT_METHODS = ("full", "freeze", "lora", "prefix", "ia3", "adapter")
 
 LIBRARY_CALLS = {
     "peft:LoraConfig": ["r", "lora_alpha", "lora_dropout", "target_modules", "task_type", "fan_in_fan_out"],
@@ -153,11 +166,12 @@ def ia3_config(family: str, task_type: str = "CAUSAL_LM"):
 
 
 def apply_method(model, method: str, r: int = 8, n_frozen: int | None = None, num_virtual_tokens: int = 8,
-                 task_type: str = "CAUSAL_LM"):
+                 task_type: str = "CAUSAL_LM", bottleneck: int = 16):
     """`model` made ready to train with one of `PEFT_METHODS`; returns the model to train (maybe a PeftModel).
 
-    `full` and `freeze` change `requires_grad` in place (`n_frozen` defaults to half the blocks); the others
-    wrap the model with a peft adapter, leaving the base weights frozen."""
+    `full` and `freeze` change `requires_grad` in place (`n_frozen` defaults to half the blocks); `adapter` inserts
+    bottleneck adapters of width `bottleneck` in place; the others wrap the model with a peft adapter. Every
+    method but `full` leaves the base weights frozen."""
     if method not in PEFT_METHODS:
         raise PeftError(f"unknown fine-tuning method {method!r}; choose one of {PEFT_METHODS}")
     if method == "full":
@@ -168,6 +182,8 @@ def apply_method(model, method: str, r: int = 8, n_frozen: int | None = None, nu
         return freeze_lower_layers(model, len(transformer_blocks(model)) // 2 if n_frozen is None else n_frozen)
     if method == "lora":
         return apply_lora(model, r=r, task_type=task_type)
+    if method == "adapter":
+        return add_bottleneck_adapters(model, bottleneck)
     family = model_family(model)
     config = prefix_config(num_virtual_tokens, task_type) if method == "prefix" else ia3_config(family, task_type)
     if method == "ia3":
@@ -208,3 +224,68 @@ def freeze_lower_layers(model, n_frozen: int, freeze_embeddings: bool = True):
         for p in block.parameters():
             p.requires_grad = False
     return model
+
+
+class BottleneckAdapter(torch.nn.Module):
+    """Houlsby et al. (2019)'s adapter: h + up(gelu(down(h))), a `width -> bottleneck -> width` MLP with a skip.
+
+    `up` starts at zero, so a freshly inserted adapter is the identity and training starts from the base model."""
+
+    def __init__(self, width: int, bottleneck: int):
+        super().__init__()
+        self.down = torch.nn.Linear(width, bottleneck)
+        self.up = torch.nn.Linear(bottleneck, width)
+        torch.nn.init.normal_(self.down.weight, std=1e-2)
+        torch.nn.init.zeros_(self.down.bias)
+        torch.nn.init.zeros_(self.up.weight)
+        torch.nn.init.zeros_(self.up.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + self.up(torch.nn.functional.gelu(self.down(hidden)))
+
+
+class AdaptedOutput(torch.nn.Module):
+    """An output projection followed by its adapter: where Houlsby places it, before the residual addition."""
+
+    def __init__(self, layer: torch.nn.Module, adapter: BottleneckAdapter):
+        super().__init__()
+        self.layer, self.adapter = layer, adapter
+
+    def forward(self, *args, **kwargs):
+        return self.adapter(self.layer(*args, **kwargs))
+
+
+def add_bottleneck_adapters(model, bottleneck: int = 16):
+    """Insert a `BottleneckAdapter` after every attention output and MLP output projection of `model` (in place) and
+    freeze everything but the adapters and the layer norms, as Houlsby et al. (2019) trained them.
+
+    Returns `model`; `model.course_adapters` is set so that `adapter_state_dict` saves the adapter alone."""
+    if isinstance(bottleneck, bool) or not isinstance(bottleneck, int) or bottleneck < 1:
+        raise PeftError(f"bottleneck adapters need a bottleneck width >= 1, got {bottleneck!r}")
+    if getattr(model, "course_adapters", False):
+        raise PeftError("add_bottleneck_adapters: this model already has bottleneck adapters")
+    target = ADAPTER_TARGETS[model_family(model)]
+    names = matching_modules(model, target)
+    if not names:
+        check_targets(model, target)
+    width = model.config.hidden_size
+    for p in model.parameters():
+        p.requires_grad = False
+    device = next(model.parameters()).device
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        adapter = BottleneckAdapter(width, bottleneck).to(device)
+        setattr(parent, child, AdaptedOutput(getattr(parent, child), adapter))
+    for name, p in model.named_parameters():
+        if ".adapter." in name or re.search(r"(^|\.)(ln_\w+|\w*norm)\.", name):
+            p.requires_grad = True
+    model.course_adapters = True
+    return model
+
+
+def adapter_state_dict(model) -> dict[str, torch.Tensor]:
+    """The trainable tensors of a model prepared by `add_bottleneck_adapters`: what its checkpoint must store."""
+    if not getattr(model, "course_adapters", False):
+        raise PeftError("adapter_state_dict: the model has no bottleneck adapters (use save_pretrained)")
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}

@@ -85,20 +85,126 @@ def test_saved_size_adapter_is_a_small_share_of_the_checkpoint(tokenizer, tmp_pa
     assert adapter["weights_mb"] < 0.1 * full["weights_mb"]
 
 
-def test_time_steps_and_step_seconds_errors():
+def test_time_steps_errors():
     calls = []
     assert costs.time_steps(lambda: calls.append(1), n=3, warmup=2) >= 0
     assert len(calls) == 5
     with pytest.raises(costs.CostError, match="n must be >= 1"):
         costs.time_steps(lambda: None, n=0)
 
-    class Untrained:
-        class state:
-            global_step = 0
-            log_history = []
 
-    with pytest.raises(costs.CostError, match="has not finished"):
-        costs.step_seconds(Untrained())
+class _State:
+    def __init__(self, max_steps):
+        self.global_step, self.max_steps = 0, max_steps
+
+
+class _Control:
+    should_training_stop = False
+
+
+def _drive(budget, step_time, max_steps, monkeypatch):
+    """Run an EqualBudget through fake steps of `step_time` seconds on a fake clock; return the steps taken."""
+    clock = [0.0]
+    monkeypatch.setattr(costs, "step_clock", lambda device: clock[0])
+    model, state, control = torch.nn.Linear(2, 2), _State(max_steps), _Control()
+    while not control.should_training_stop and state.global_step < max_steps:
+        budget.on_step_begin(None, state, control, model=model)
+        clock[0] += step_time
+        state.global_step += 1
+        budget.on_step_end(None, state, control, model=model)
+    return state.global_step
+
+
+def test_equal_budget_scores_at_equal_steps_and_at_equal_time(monkeypatch):
+    calls = []
+
+    def score(model):
+        calls.append(model.training)
+        return {"q": float(len(calls))}
+
+    # the reference run: equal time is equal steps, scored once
+    ref = costs.EqualBudget(score, steps=4)
+    assert _drive(ref, 0.5, 100, monkeypatch) == 4 and ref.scores["equal time"] == ref.scores["equal steps"]
+    assert ref.step_seconds == 0.5 and ref.steps_at_equal_time == 4 and calls == [False]
+    # a method twice as fast gets twice the steps in full FT's 4 x 0.5 s
+    fast = costs.EqualBudget(score, steps=4, seconds=2.0)
+    assert _drive(fast, 0.25, 100, monkeypatch) == 8 and fast.steps_at_equal_time == 8
+    assert fast.scores["equal steps"] != fast.scores["equal time"]
+    # a slower method reaches equal time first and still trains on to equal steps
+    slow = costs.EqualBudget(score, steps=4, seconds=2.0)
+    assert _drive(slow, 1.0, 100, monkeypatch) == 4 and slow.steps_at_equal_time == 2
+    # a run cut short by max_steps scores both where it stopped
+    capped = costs.EqualBudget(score, steps=4, seconds=100.0)
+    assert _drive(capped, 0.5, 6, monkeypatch) == 6 and capped.steps_at_equal_time == 6
+
+
+def test_equal_budget_errors():
+    with pytest.raises(costs.CostError, match="steps must be an integer >= 1"):
+        costs.EqualBudget(lambda m: {}, steps=0)
+    with pytest.raises(costs.CostError, match="seconds must be a positive number"):
+        costs.EqualBudget(lambda m: {}, steps=2, seconds=-1.0)
+    with pytest.raises(costs.CostError, match="no step has been timed"):
+        costs.EqualBudget(lambda m: {}, steps=2).step_seconds
+
+
+def _runs():
+    """Two seeds of full FT, LoRA and a poor cheap method, as `run_comparison` rows."""
+    rows = []
+    for seed, jitter in ((0, 0.0), (1, 0.02)):
+        rows += [
+            {"family": "llama", "method": "full", "seed": seed, "peak MB": 30.0, "peak MB (batch 1)": 18.0,
+             "ms/step": 80.0, "answer_ppl": 1.2, "answer_ppl @ equal time": 1.2, "answer_acc": 0.8,
+             "answer_acc @ equal time": 0.8, "saved MB": 4.0},
+            {"family": "llama", "method": "lora", "seed": seed, "peak MB": 27.0, "peak MB (batch 1)": 6.0,
+             "ms/step": 64.0, "answer_ppl": 1.26 + jitter, "answer_ppl @ equal time": 1.2 - jitter,
+             "answer_acc": 0.78, "answer_acc @ equal time": 0.82, "saved MB": 0.1},
+            {"family": "llama", "method": "ia3", "seed": seed, "peak MB": 29.0, "peak MB (batch 1)": 5.0,
+             "ms/step": 60.0, "answer_ppl": 3.0, "answer_ppl @ equal time": 2.5, "answer_acc": 0.2,
+             "answer_acc @ equal time": 0.3, "saved MB": 0.01}]
+    return rows
+
+
+def test_versus_and_intervals_compare_with_full_ft_of_the_same_seed():
+    ratio = costs.versus(_runs(), "peak MB (batch 1)")
+    assert ratio.loc[("llama", "lora"), 0] == pytest.approx(6 / 18) and ("llama", "full") not in ratio.index
+    diff = costs.versus(_runs(), "answer_acc", how="difference")
+    assert diff.loc[("llama", "ia3"), 1] == pytest.approx(-0.6)
+    stats = costs.with_intervals(costs.versus(_runs(), "answer_ppl"))
+    lora = stats.loc[("llama", "lora")]
+    assert lora["mean"] == pytest.approx((1.26 + 1.28) / 2 / 1.2) and lora["95% low"] < lora["mean"] < lora["95% high"]
+    summary = costs.relative_summary(_runs())
+    assert summary.loc[("llama", "lora"), "step time x"].startswith("0.800")
+    with pytest.raises(costs.CostError, match="no 'full' run for family 'llama'"):
+        costs.versus([r for r in _runs() if r["method"] != "full"], "answer_ppl")
+    with pytest.raises(costs.CostError, match="how must be"):
+        costs.versus(_runs(), "answer_ppl", how="log")
+    with pytest.raises(costs.CostError, match="lack column"):
+        costs.versus(_runs(), "no such column")
+
+
+def test_decision_guide_follows_the_measurements():
+    guide = costs.decision_guide(_runs(), distillation={"gpt2": 0.9, "llama": 0.8})
+    choose = guide["choose"].droplevel("situation")
+    # LoRA kept quality (1.06x <= 1.10x) and used least memory among the methods that did
+    assert guide.loc[("resources", guide.index[0][1]), "choose"] == "lora"
+    assert choose["task complexity"] == "lora"          # within 0.05 accuracy of full FT
+    assert choose["data size"] == "distil (soft targets)"
+    # had LoRA's perplexity been 1.5x, no cheap method keeps quality: full FT for memory and storage too
+    worse = [dict(r, answer_ppl=r["answer_ppl"] * 1.25) if r["method"] == "lora" else r for r in _runs()]
+    guide = costs.decision_guide(worse, acc_tolerance=0.01, distillation={"gpt2": 1.1, "llama": 0.8})
+    choose = guide["choose"].droplevel("situation")
+    assert list(choose["resources"])[0] == "full" and list(choose["resources"])[2] == "full"
+    assert choose["task complexity"] == "full" and choose["data size"].startswith("train on the labels")
+    with pytest.raises(costs.CostError, match="need the 'full' runs"):
+        costs.decision_guide([r for r in _runs() if r["method"] != "full"])
+
+
+def test_facts_table_and_adapter_checkpoint():
+    facts = costs.facts_table(["llama"], ["full", "lora", "adapter"])
+    full, lora, adapter = (facts.loc[("llama", m)] for m in ("full", "lora", "adapter"))
+    assert full["trainable %"] == 100.0 and lora["trainable"] < 0.05 * full["trainable"]
+    assert adapter["checkpoint MB"] * costs.MB >= 4 * adapter["trainable"]          # the adapter alone is saved
+    assert adapter["checkpoint MB"] < 0.1 * full["checkpoint MB"]
 
 
 def test_qa_task_splits_by_person_and_quality_is_in_range(tokenizer):
@@ -118,3 +224,9 @@ def test_qa_task_splits_by_person_and_quality_is_in_range(tokenizer):
         costs.labelled_subset(task.train, 0)
     with pytest.raises(costs.CostError, match="no learning rate for method 'bitfit'"):
         costs.CostConfig().args("bitfit")
+
+
+def test_how_measured_names_the_method_and_its_blind_spots():
+    cpu, gpu = costs.how_measured("cpu"), costs.how_measured("cuda")
+    assert "TensorMemory" in cpu["memory"] and "not seen" in cpu["memory"] and "CPU seconds" in cpu["time"]
+    assert "max_memory_allocated" in gpu["memory"] and "not seen" in gpu["memory"] and "wall-clock" in gpu["time"]

@@ -97,3 +97,36 @@ def test_custom_lora_targets_are_used(tokenizer):
     model = P.apply_lora(zoo.build_model("llama", tokenizer), r=2, target_modules=["v_proj"])
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert names and all("v_proj.lora_" in n for n in names)
+
+
+@pytest.mark.parametrize("family", zoo.FAMILIES)
+def test_bottleneck_adapters_start_as_the_identity_and_train_alone(family, tokenizer):
+    import torch
+
+    model = zoo.build_model(family, tokenizer).eval()     # no dropout: compare the same function
+    x = torch.randint(5, 1000, (2, 10))
+    with torch.no_grad():
+        before = model(input_ids=x).logits
+    model = P.apply_method(model, "adapter", bottleneck=4)
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=x).logits, before, atol=1e-6)   # `up` starts at zero
+    blocks = len(P.transformer_blocks(model))
+    adapters = [m for m in model.modules() if isinstance(m, P.BottleneckAdapter)]
+    assert len(adapters) == 2 * blocks                   # after attention and after the MLP, in every block
+    d = model.config.hidden_size
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    adapter_weights = sum(p.numel() for n, p in model.named_parameters() if ".adapter." in n)
+    assert adapter_weights == 2 * blocks * (2 * d * 4 + 4 + d)
+    assert all(".adapter." in n or "norm" in n or ".ln_" in n for n in trainable)
+    assert not model.get_input_embeddings().weight.requires_grad
+    state = P.adapter_state_dict(model)
+    assert set(state) == trainable
+    with pytest.raises(P.PeftError, match="already has bottleneck adapters"):
+        P.add_bottleneck_adapters(model)
+
+
+def test_bottleneck_adapter_bad_inputs(tokenizer):
+    with pytest.raises(P.PeftError, match="bottleneck width >= 1"):
+        P.add_bottleneck_adapters(zoo.build_model("gpt2", tokenizer), 0)
+    with pytest.raises(P.PeftError, match="no bottleneck adapters"):
+        P.adapter_state_dict(zoo.build_model("gpt2", tokenizer))
