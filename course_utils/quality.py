@@ -10,6 +10,11 @@ Because we corrupt the data ourselves, every row carries its provenance (`corrup
 score each step against the truth: how many junk rows did the rule filter catch, how many clean rows did it lose,
 what are the precision and recall of the label-error detector?
 
+Two things keep that grading honest. The task (`verdict_reviews`) has labels that follow from the meaning of
+several phrases, some negated, so no single word gives a label (or its error) away. And the junk comes in two
+families: the kinds the rule filters were written for (`DESIGN_JUNK`) and kinds they never saw (`HELD_OUT_JUNK`),
+on which they are judged too. `study_seed` runs the whole study for one seed.
+
 The label-error detector is confident learning (Northcutt et al. 2021) as implemented by `cleanlab`: it needs
 *out-of-fold* predicted probabilities, i.e. a K-fold cross-validated classifier. Training the course's LLM K
 times would cost minutes, so the detector uses cheap features (bag of words + logistic regression in
@@ -18,7 +23,9 @@ scikit-learn), as cleanlab's own tutorials do; the LLM is fine-tuned once on the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import random
 import re
 import string
@@ -31,6 +38,8 @@ import numpy as np
 
 from course_utils.classify import (ClassifierConfig, load_classifier, out_of_fold_probs, predict_proba,
                                    train_classifier)
+from course_utils.config import CourseConfig
+from course_utils import world as W
 from course_utils.data import DataError
 from course_utils.errors import check_count, check_rate, check_rows
 
@@ -43,6 +52,7 @@ LIBRARY_CALLS = {
     "sklearn.model_selection:cross_val_predict": ["estimator", "X", "y", "cv", "method"],
     "sklearn.metrics:log_loss": ["y_true", "y_pred"],
     "sklearn.pipeline:make_pipeline": [],
+    "scipy.stats:binomtest": ["k", "n"],
 }
 
 CORRUPTION_KINDS = ("clean", "flipped", "duplicate", "near_duplicate", "contradiction", "junk")
@@ -55,6 +65,73 @@ class QualityError(DataError):
 def _check_rows(rows: Sequence[dict[str, Any]], where: str, text_key: str = "text",
                 label_key: str | None = "label") -> None:
     check_rows(rows, where, text_keys=[text_key], int_keys=[label_key] if label_key else [], error=QualityError)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The task: reviews whose verdict follows from several phrases together
+# --------------------------------------------------------------------------------------------------------------
+
+# `world.reviews` is easy: one phrase decides its label, so a word-count model is sure of every label and finds
+# every flipped one. Here a review names three qualities of a product, some negated ("not flimsy" is praise), and
+# its verdict is the majority of what the three *mean*. No single word decides it, and a bag of words cannot tell
+# which quality a "not" belongs to: the label is learnable, but neither trivially nor perfectly.
+PRAISE = ["sturdy", "reliable", "lovely", "excellent", "great", "solid", "quiet", "elegant"]
+COMPLAINT = ["flimsy", "cheap", "noisy", "unreliable", "damaged", "fragile", "ugly", "dull"]
+NEGATIONS = ["not", "never", "hardly"]
+VERDICT_OPENERS = ["The {company} {product} is", "My new {product} from {company} is", "This {product} by {company} is"]
+
+
+def verdict_reviews(world, n: int = 1200, seed: int = 0, qualities: int = 3, negation_rate: float = 0.15,
+                    test_share: float = 0.2) -> list[dict[str, Any]]:
+    """Reviews naming `qualities` (odd) qualities of a product, labelled 1 when most of them are praise, balanced.
+
+    Each quality is praise or complaint at random; a share `negation_rate` of them is said by negating the
+    opposite word ("not noisy" for praise). Neighbouring qualities of opposite meaning are joined by "but".
+    Deterministic from the world's seed and `seed`; rows carry `split` ("train"/"test"), `company`, `product`
+    and `negated` (how many qualities were negated). `world.reviews` is left as it is (other lessons use it).
+    """
+    check_count(n, "verdict_reviews", "n", minimum=2, error=QualityError)
+    check_count(qualities, "verdict_reviews", "qualities", minimum=1, error=QualityError)
+    if qualities % 2 == 0 or qualities > len(PRAISE):
+        raise QualityError(f"verdict_reviews: qualities must be odd (a majority) and at most {len(PRAISE)}, "
+                           f"got {qualities}")
+    check_rate(negation_rate, "verdict_reviews", "negation_rate", error=QualityError)
+    check_rate(test_share, "verdict_reviews", "test_share", error=QualityError)
+    rng = random.Random(f"verdict-reviews-{world.config.seed}-{seed}")
+    rows = []
+    for i in range(n):
+        label = i % 2
+        meanings = [rng.random() < 0.5 for _ in range(qualities)]
+        while (2 * sum(meanings) > qualities) != bool(label):
+            meanings = [rng.random() < 0.5 for _ in range(qualities)]
+        praise, complaint = rng.sample(PRAISE, qualities), rng.sample(COMPLAINT, qualities)
+        parts, negated = [], 0
+        for j, good in enumerate(meanings):
+            if rng.random() < negation_rate:
+                negated += 1
+                parts.append(f"{rng.choice(NEGATIONS)} {complaint[j] if good else praise[j]}")
+            else:
+                parts.append(praise[j] if good else complaint[j])
+        text = parts[0]
+        for j in range(1, qualities):
+            joint = ", but " if meanings[j] != meanings[j - 1] else " and " if j == qualities - 1 else ", "
+            text += joint + parts[j]
+        company, product = rng.choice(W.COMPANIES), rng.choice(W.PRODUCTS)
+        opener = rng.choice(VERDICT_OPENERS).format(company=company, product=product)
+        rows.append({"text": f"{opener} {text}.", "label": label, "company": company, "product": product,
+                     "negated": negated})
+    rng.shuffle(rows)
+    n_test = round(test_share * n)
+    return [dict(r, split="test" if i < n_test else "train") for i, r in enumerate(rows)]
+
+
+def verdict_of(text: str) -> int | None:
+    """The verdict a `verdict_reviews` text means: 1 if most quality words are praise once negations are read,
+    0 if most are complaints, None on a tie or no quality word (e.g. after an augmentation deleted one)."""
+    words = normalise_text(text).split()
+    score = sum((1 if (w in PRAISE) != (i > 0 and words[i - 1] in NEGATIONS) else -1)
+                for i, w in enumerate(words) if w in PRAISE or w in COMPLAINT)
+    return None if score == 0 else int(score > 0)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -71,10 +148,14 @@ class CorruptionConfig:
     contradiction_rate: float = 0.05  # copies with the opposite label (same text, two answers)
     junk_rate: float = 0.08           # junk rows added, with random labels
     seed: int = 0
+    junk_kinds: tuple[str, ...] = ()  # which kinds of junk to draw from; () = the kinds the rules were written for
 
     def __post_init__(self) -> None:
         for name in ("flip_rate", "duplicate_rate", "near_duplicate_rate", "contradiction_rate", "junk_rate"):
             check_rate(getattr(self, name), "CorruptionConfig", name, error=QualityError)
+        unknown = sorted(set(self.junk_kinds) - set(DESIGN_JUNK + HELD_OUT_JUNK))
+        if unknown:
+            raise QualityError(f"CorruptionConfig: unknown junk_kinds {unknown}; known: {DESIGN_JUNK + HELD_OUT_JUNK}")
 
 
 BOILERPLATE = ["Click here to subscribe! Click here to subscribe! Click here to subscribe!",
@@ -89,10 +170,49 @@ DEBRIS = ["\u00c3\u00a2\u00e2\u201a\u00ac\u00e2\u201e\u00a2", "\ufffd\ufffd\ufff
           "\u00e2\u20ac\u0153\u00e2\u20ac\u009d", "&amp;#8217;&amp;#8220;"]
 FILLERS = ["really", "honestly", "truly", "just"]
 
+# The junk the rule filters (below) were written for ...
+DESIGN_JUNK = ("empty", "truncated", "boilerplate", "foreign", "debris")
+# ... and junk they were not written for, used only to judge them: real scraped sets hold both.
+HELD_OUT_JUNK = ("off_topic", "spam", "unfilled_template", "prompt_echo", "keyboard_mash")
+SPAM = ["Best prices on every {product} at {company}! Visit our shop in {city} today.",
+        "Win a free {product} from {company}: reply with your address to enter the draw.",
+        "Order now and {company} ships your {product} to {city} for free!"]
+UNFILLED = ["The {{product}} is {{adjective}}, {{adjective}} and {{adjective}}.",
+            "My new {{product}} from {{company}} is [ADJ_1], but [ADJ_2].",
+            "This {product} by {company} is %s and %s."]
+PROMPT_ECHO = ["Write a short review of the {product} you bought from {company}.",
+               "Please describe in one sentence what you think of the {company} {product}.",
+               "Rate the {product} and say why: is it good or bad?"]
+KEYBOARD = ["asdf", "qwerty", "jkl", "zxcv", "uiop", "hjkl", "wasd", "fghj", "xcvb"]
 
-def _junk(rng: random.Random, source: dict[str, Any], text_key: str) -> tuple[str, str]:
-    """One junk text and its kind: empty, truncated, boilerplate, foreign language, or encoding debris."""
-    kind = rng.choice(["empty", "truncated", "boilerplate", "foreign", "debris"])
+
+def _held_out_junk(kind: str, rng: random.Random, source: dict[str, Any]) -> str:
+    fill = dict(company=source.get("company") or rng.choice(W.COMPANIES), product=source.get("product") or
+                rng.choice(W.PRODUCTS), city=rng.choice(W.CITIES))
+    if kind == "off_topic":  # fluent English from the world's generic text, about something else entirely
+        city, city2 = rng.sample(W.CITIES, 2)
+        feature = rng.choice(W.CITY_FEATURES)
+        return rng.choice(W.GENERIC_TEMPLATES).format(
+            city=city, city2=city2, company=fill["company"], feature=feature, feature_bare=feature.split(" ", 1)[1],
+            industry=rng.choice(W.INDUSTRIES), weather=rng.choice(W.WEATHERS), hours=rng.randint(2, 9),
+            mins=rng.randint(15, 55), product=fill["product"])
+    if kind == "spam":
+        return rng.choice(SPAM).format(**fill)
+    if kind == "unfilled_template":
+        return rng.choice(UNFILLED).format(**fill)
+    if kind == "prompt_echo":
+        return rng.choice(PROMPT_ECHO).format(**fill)
+    return " ".join(rng.choice(KEYBOARD) for _ in range(rng.randint(3, 7))) + rng.choice([".", "!", ""])
+
+
+def _junk(rng: random.Random, source: dict[str, Any], text_key: str,
+          kinds: Sequence[str] = DESIGN_JUNK) -> tuple[str, str]:
+    """One junk text and its kind, drawn from `kinds` (the design kinds: empty, truncated, boilerplate, foreign
+    language, encoding debris; the held-out kinds: off-topic text, spam, unfilled templates, echoed prompts,
+    keyboard mash)."""
+    kind = rng.choice(list(kinds))
+    if kind in HELD_OUT_JUNK:
+        return _held_out_junk(kind, rng, source), kind
     text = source[text_key]
     if kind == "empty":
         return rng.choice(["", " ", "\n"]), kind
@@ -162,7 +282,7 @@ def corrupt(rows: Sequence[dict[str, Any]], config: CorruptionConfig = Corruptio
         wrong = rng.choice([c for c in labels if c != base[i][label_key]])
         extra.append(dict(base[i], corruption="contradiction", **{label_key: wrong}))
     for i in rng.choices(range(n), k=round(config.junk_rate * n)):
-        text, kind = _junk(rng, base[i], text_key)
+        text, kind = _junk(rng, base[i], text_key, config.junk_kinds or DESIGN_JUNK)
         extra.append(dict(base[i], corruption="junk", junk_kind=kind, true_label=None,
                           **{text_key: text, label_key: rng.choice(labels)}))
     out = base + extra
@@ -451,6 +571,65 @@ def random_flagger_scores(n_flagged: int, truth: Sequence[bool]) -> dict[str, fl
             "f1": f1}
 
 
+def proportion_interval(hits: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson interval of a proportion `hits / n` (scipy's `binomtest`): how sure one seed's precision is."""
+    from scipy.stats import binomtest
+
+    if n < 1 or not 0 <= hits <= n:
+        raise QualityError(f"proportion_interval: need 0 <= hits <= n and n >= 1, got hits={hits}, n={n}")
+    ci = binomtest(int(hits), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def random_flagger_range(n_flagged: int, truth: Sequence[bool], level: float = 0.95) -> dict[str, float]:
+    """The range a random flagger of `n_flagged` rows falls in (`level`), from the hypergeometric distribution.
+
+    Flagging at random, the number of true errors among the flags is hypergeometric; a detector whose precision
+    lies above this range is better than chance in that seed, not by luck of the draw.
+    """
+    from scipy.stats import hypergeom
+
+    truth = np.asarray(truth, dtype=bool)
+    if truth.size == 0 or not 1 <= n_flagged <= truth.size:
+        raise QualityError(f"random_flagger_range: need 1 <= n_flagged <= {truth.size}, got {n_flagged}")
+    dist = hypergeom(M=truth.size, n=int(truth.sum()), N=int(n_flagged))
+    low, high = dist.ppf((1 - level) / 2), dist.ppf((1 + level) / 2)
+    errors = max(1, int(truth.sum()))
+    return {"precision low": low / n_flagged, "precision high": high / n_flagged,
+            "recall low": low / errors, "recall high": high / errors}
+
+
+def detector_report(flagged: Sequence[bool], truth: Sequence[bool], level: float = 0.95) -> list[dict[str, Any]]:
+    """Confident learning against a random flagger of the same size: precision and recall with intervals.
+
+    The detector's intervals are Wilson intervals of its own counts; the random flagger's are the range its
+    precision and recall fall in by chance (`random_flagger_range`); `lift` = precision / random precision.
+    """
+    flagged, truth = np.asarray(flagged, dtype=bool), np.asarray(truth, dtype=bool)
+    got = detection_scores(flagged, truth)
+    chance = random_flagger_scores(got["flagged"], truth)
+    tp = int((flagged & truth).sum())
+    p_ci = proportion_interval(tp, max(1, got["flagged"]), level) if got["flagged"] else (0.0, 0.0)
+    r_ci = proportion_interval(tp, max(1, got["errors"]), level) if got["errors"] else (0.0, 0.0)
+    rng_ci = random_flagger_range(got["flagged"], truth, level) if got["flagged"] else dict.fromkeys(
+        ("precision low", "precision high", "recall low", "recall high"), 0.0)
+    lift = got["precision"] / chance["precision"] if chance["precision"] else float("nan")
+    return [{"detector": "confident learning (cleanlab)", **got, "precision low": p_ci[0],
+             "precision high": p_ci[1], "recall low": r_ci[0], "recall high": r_ci[1], "lift": lift},
+            {"detector": "random flagger (expected)", **chance, **rng_ci, "lift": 1.0}]
+
+
+def junk_caught(report: StepReport, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per junk kind: how many junk rows were injected into `rows`, how many `report` removed, and whether the
+    kind is one the rules were written for (`design`) or one they never saw (`held out`)."""
+    check_rows(rows, "junk_caught", keys=["corruption"], error=DataError)
+    injected = Counter(r.get("junk_kind") for r in rows if r["corruption"] == "junk")
+    caught = Counter(r.get("junk_kind") for r in report.removed if r.get("corruption") == "junk")
+    return [{"junk kind": kind, "rules written for it": kind in DESIGN_JUNK, "injected": injected[kind],
+             "caught": caught[kind], "share caught": caught[kind] / injected[kind]}
+            for kind in DESIGN_JUNK + HELD_OUT_JUNK if injected[kind]]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Augmentation
 # --------------------------------------------------------------------------------------------------------------
@@ -543,9 +722,70 @@ def train_and_score(train_rows: Sequence[dict[str, Any]], test_rows: Sequence[di
 
     torch.manual_seed(seed)
     model, tok = load_classifier(family)
-    train_classifier(model, tok, train_rows, config, max_steps=steps)
+    with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its end-of-run summary: not for learners
+        train_classifier(model, tok, train_rows, config, max_steps=steps, logging_strategy="no")
     probs = predict_proba(model, tok, test_rows, max_length=config.max_length)
     labels = np.array([int(r[label_key]) for r in test_rows])
     p_true = probs[np.arange(len(labels)), labels]
     return model, tok, {"accuracy": float((probs.argmax(-1) == labels).mean()),
                         "log_loss": float(-np.log(np.clip(p_true, 1e-9, 1)).mean())}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The lesson's study, one seed at a time
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class StudyConfig(CourseConfig):
+    """One seed of the study: the task's size and difficulty, and the fixed fine-tuning budget per training set."""
+
+    error = QualityError
+
+    n_reviews: int = 1200
+    negation_rate: float = 0.15
+    steps: int = 200          # the same number of optimiser steps for every training set (equal compute)
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    max_length: int = 40
+    family: str = "gpt2"
+
+    @classmethod
+    def for_profile(cls, profile: str, **overrides) -> "StudyConfig":
+        """The cpu profile's tiny models want a large step; the hub GPT-2 of the gpu profile the usual 5e-5."""
+        rates = {"learning_rate": 5e-5} if profile == "gpu" else {}
+        return cls(**{**rates, **overrides})
+
+
+TRAINING_SETS = ("clean", "corrupted", "cleaned (all steps)")
+
+
+def study_seed(world, seed: int, config: StudyConfig = StudyConfig()) -> dict[str, list[dict[str, Any]]]:
+    """Everything the lesson measures in one seed, each table's rows tagged with the seed.
+
+    The seed draws the task (`verdict_reviews`), the corruption (design and held-out junk alike), the folds of
+    the label-error detector and the fine-tuning. Returns {"accuracy": one row per training set (plus the
+    majority baseline), "detector": confident learning and the random flagger, "junk": per junk kind,
+    "steps": the cleaning steps' removal table}.
+    """
+    rows = verdict_reviews(world, n=config.n_reviews, seed=seed, negation_rate=config.negation_rate)
+    train = [r for r in rows if r["split"] == "train"]
+    test = [r for r in rows if r["split"] == "test"]
+    corrupted = corrupt(train, CorruptionConfig(seed=seed, junk_kinds=DESIGN_JUNK + HELD_OUT_JUNK))
+    cleaned, reports = clean(corrupted)
+    before_label_step = clean(corrupted, DEFAULT_PIPELINE[:-1])[0]  # what the label step receives
+    probs = out_of_fold_probs(before_label_step, seed=seed)
+    flagged = find_label_issues(before_label_step, probs)
+    detector = detector_report(flagged, label_error_mask(before_label_step))
+    labels = [r["label"] for r in test]
+    majority = max(labels.count(c) for c in set(labels)) / len(labels)
+    accuracy = [{"training set": "majority class (no training)", "rows": 0, "wrong labels": None,
+                 "accuracy": majority, "log_loss": None}]
+    cfg = ClassifierConfig(seed=seed, max_length=config.max_length, learning_rate=config.learning_rate,
+                           batch_size=config.batch_size)
+    for name, data in zip(TRAINING_SETS, (train, corrupted, cleaned)):
+        _, _, score = train_and_score(data, test, family=config.family, steps=config.steps, seed=seed, config=cfg)
+        wrong = float(label_error_mask(data).mean()) if "true_label" in data[0] else 0.0
+        accuracy.append({"training set": name, "rows": len(data), "wrong labels": wrong, **score})
+    tag = lambda table: [dict(r, seed=seed) for r in table]  # noqa: E731
+    return {"accuracy": tag(accuracy), "detector": tag(detector), "junk": tag(junk_caught(reports[0], corrupted)),
+            "steps": tag(removal_table(reports))}

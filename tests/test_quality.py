@@ -244,3 +244,98 @@ def Counter_labels(rows):
     from collections import Counter
 
     return dict(Counter(r["label"] for r in rows))
+
+
+# ---- the verdict task, held-out junk, intervals -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def verdicts():
+    return Q.verdict_reviews(W.make_world(), n=400, seed=1)
+
+
+def test_verdict_reviews_are_balanced_deterministic_and_follow_the_majority_meaning(verdicts):
+    assert verdicts == Q.verdict_reviews(W.make_world(), n=400, seed=1)
+    assert verdicts != Q.verdict_reviews(W.make_world(), n=400, seed=2)
+    assert sum(r["label"] for r in verdicts) == 200
+    assert sum(r["split"] == "test" for r in verdicts) == 80
+    assert 0 < sum(r["negated"] > 0 for r in verdicts) < 400
+    for r in verdicts:
+        words = r["text"].rstrip(".").replace(",", "").split()
+        meaning = 0
+        for i, w in enumerate(words):
+            if w in Q.PRAISE or w in Q.COMPLAINT:
+                good = (w in Q.PRAISE) != (words[i - 1] in Q.NEGATIONS)
+                meaning += 1 if good else -1
+        assert (meaning > 0) == bool(r["label"]), r["text"]
+    # every clean review passes the rule filters: whatever they remove is damage
+    assert [r["text"] for r in verdicts if Q.rule_violation(r["text"])] == []
+
+
+def test_no_single_word_decides_a_verdict(verdicts):
+    from collections import defaultdict
+
+    labels = defaultdict(set)
+    for r in verdicts:
+        for w in set(r["text"].rstrip(".").replace(",", "").split()):
+            labels[w].add(r["label"])
+    assert all(len(v) == 2 for w, v in labels.items() if w in Q.PRAISE + Q.COMPLAINT)
+
+
+def test_verdict_reviews_bad_input():
+    with pytest.raises(Q.QualityError, match="odd"):
+        Q.verdict_reviews(W.make_world(), qualities=2)
+    with pytest.raises(Q.QualityError, match="negation_rate"):
+        Q.verdict_reviews(W.make_world(), negation_rate=1.5)
+
+
+def test_corrupt_draws_only_the_junk_kinds_asked_for(verdicts):
+    train = [r for r in verdicts if r["split"] == "train"]
+    held = Q.corrupt(train, Q.CorruptionConfig(seed=0, junk_rate=0.3, junk_kinds=Q.HELD_OUT_JUNK))
+    kinds = {r["junk_kind"] for r in held if r["corruption"] == "junk"}
+    assert kinds == set(Q.HELD_OUT_JUNK)
+    design = Q.corrupt(train, Q.CorruptionConfig(seed=0, junk_rate=0.3))
+    assert {r["junk_kind"] for r in design if r["corruption"] == "junk"} <= set(Q.DESIGN_JUNK)
+    with pytest.raises(Q.QualityError, match="junk_kinds"):
+        Q.CorruptionConfig(junk_kinds=("gibberish",))
+
+
+def test_junk_caught_separates_design_and_held_out_kinds(verdicts):
+    train = [r for r in verdicts if r["split"] == "train"]
+    rows = Q.corrupt(train, Q.CorruptionConfig(seed=0, junk_rate=0.5, junk_kinds=Q.DESIGN_JUNK + Q.HELD_OUT_JUNK))
+    _, report = Q.rule_filter(rows)
+    table = {r["junk kind"]: r for r in Q.junk_caught(report, rows)}
+    assert set(table) == set(Q.DESIGN_JUNK + Q.HELD_OUT_JUNK)
+    assert all(r["rules written for it"] == (k in Q.DESIGN_JUNK) for k, r in table.items())
+    assert sum(r["injected"] for r in table.values()) == Q.corruption_summary(rows)["junk"]
+    assert all(0 <= r["caught"] <= r["injected"] for r in table.values())
+    assert table["off_topic"]["share caught"] == 0  # fluent text about something else breaks no rule
+
+
+def test_intervals_bracket_their_estimates():
+    low, high = Q.proportion_interval(30, 100)
+    assert low < 0.3 < high and 0 <= low and high <= 1
+    with pytest.raises(Q.QualityError):
+        Q.proportion_interval(5, 3)
+    truth = np.array([True] * 25 + [False] * 75)
+    rng = Q.random_flagger_range(20, truth)
+    assert rng["precision low"] <= 0.25 <= rng["precision high"]
+    with pytest.raises(Q.QualityError):
+        Q.random_flagger_range(0, truth)
+
+
+def test_detector_report_compares_with_a_random_flagger_of_the_same_size():
+    truth = np.array([True] * 20 + [False] * 80)
+    flagged = np.array([True] * 15 + [False] * 5 + [True] * 5 + [False] * 75)
+    det, rnd = Q.detector_report(flagged, truth)
+    assert det["flagged"] == rnd["flagged"] == 20
+    assert det["precision"] == pytest.approx(0.75) and rnd["precision"] == pytest.approx(0.2)
+    assert det["lift"] == pytest.approx(0.75 / 0.2)
+    assert det["precision low"] < 0.75 < det["precision high"]
+    assert rnd["precision high"] < det["precision low"]
+
+
+def test_verdict_of_reads_the_meaning(verdicts):
+    assert all(Q.verdict_of(r["text"]) == r["label"] for r in verdicts)
+    assert Q.verdict_of("The lamp is not flimsy, not noisy and cheap.") == 1
+    assert Q.verdict_of("The lamp is great, but hardly sturdy and never quiet.") == 0
+    assert Q.verdict_of("The lamp is.") is None
