@@ -85,7 +85,7 @@ def tokenize_labelled(tokenizer, rows: Sequence[dict[str, Any]], max_length: int
 def train_classifier(model, tokenizer, train_rows: Sequence[dict[str, Any]], config: ClassifierConfig = ClassifierConfig(),
                      eval_rows: Sequence[dict[str, Any]] | None = None, callbacks: Sequence = (), **args_overrides):
     """Fine-tune `model` (all trainable parameters) on labelled rows with `Trainer`; returns the trainer."""
-    from transformers import DataCollatorWithPadding, Trainer
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
 
 
     where = "train_classifier"
@@ -100,6 +100,7 @@ def train_classifier(model, tokenizer, train_rows: Sequence[dict[str, Any]], con
                                      **args_overrides)
     trainer = Trainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
                       data_collator=DataCollatorWithPadding(tokenizer), callbacks=with_finite_guard(callbacks))
+    trainer.remove_callback(PrinterCallback)  # no printed log dicts: each lesson shows its own table
     trainer.train()
     return trainer
 
