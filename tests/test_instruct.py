@@ -130,14 +130,16 @@ def test_lesson_people_are_disjoint_and_the_qa_bases_are_shipped():
     rows = I.instruction_rows(groups, 0)
     assert len(rows) == 4 * (len(groups["known"]) + len(groups["new"])) and rows != I.instruction_rows(groups, 1)
     from course_utils.paths import MODELS_DIR
+    from course_utils.tools.build import hash_problems
 
     for family in ("gpt2", "qwen2", "llama"):
         folder = MODELS_DIR / f"{family}{I.QA_BASE_SUFFIX}"
         zoo.check_folder(folder, family)  # the zoo's integrity checks: safetensors, shapes match the config
         assert not list(folder.glob("*.bin"))
+        assert hash_problems(folder) == []  # every shipped file matches the sha256 its build_info.json records
         model, _ = I.load_qa_base(family)
         shipped, _ = zoo.load(family, profile="cpu")
-        assert model.config.to_dict()["hidden_size"] == shipped.config.to_dict()["hidden_size"]
+        assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in shipped.state_dict().items()}
         assert I.qa_base_info(family)["recipe"] == "instruct.build_qa_base"
     if I.sweep_path().is_file():  # the shipped sweep, once built (`python -m course_utils.instruct sweep`)
         sweep = I.read_sweep()
