@@ -22,11 +22,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from course_utils import world as W
+from course_utils import zoo
 from course_utils.config import CourseConfig
 from course_utils.errors import CourseError
 from course_utils.evaluate import generate
 from course_utils.peft_methods import apply_lora
-from course_utils.profiles import seed_everything
+from course_utils.paths import DATA_DIR, MODELS_DIR
+from course_utils.profiles import seed_everything, setup
 from course_utils.text import encode, model_device, pad_id
 from course_utils.train import causal_collator, tokenize_prompt_completion, tokenize_texts, with_finite_guard
 from course_utils.world import ANSWERS, ATTRIBUTES, Person, QUESTIONS, RECALL_PROMPTS
@@ -34,6 +37,11 @@ from course_utils.zoo import count_parameters
 
 
 METHODS = ("full", "lora")
+TUNE_METHODS = ("full", "lora", "lora+mlp")   # also LoRA on attention + MLP
+# The base models' own question-answer style (plain text, short answer), unlike the instruction data's chat turns
+# and full-sentence answers: the setting of Lin et al. 2023 and Ghosh et al. 2024, a base that can already answer.
+BASE_QA = "Q: {question}\nA: {value}."
+QA_BASE_SUFFIX = "_qa"                    # data_samples/models/<family>_qa: the bases that saw Q/A text
 # Other wordings of the four questions, never used for training: does an answer survive a change of question?
 PARAPHRASES: dict[str, str] = {
     "birth_city": "In which town was {name} born?",
@@ -62,7 +70,7 @@ class TuneConfig(CourseConfig):
 
     error = InstructError
 
-    method: str = "full"          # "full" or "lora"
+    method: str = "full"          # "full", "lora" (attention) or "lora+mlp"
     learning_rate: float = 1e-4
     steps: int = 100
     epochs: float | None = None
@@ -75,8 +83,8 @@ class TuneConfig(CourseConfig):
     min_steps: int = 0                   # has done at least `min_steps` steps
 
     def check(self) -> None:
-        if self.method not in METHODS:
-            raise InstructError(f"TuneConfig: method must be one of {METHODS}, got {self.method!r}")
+        if self.method not in TUNE_METHODS:
+            raise InstructError(f"TuneConfig: method must be one of {TUNE_METHODS}, got {self.method!r}")
 
 
 @dataclass
@@ -120,7 +128,7 @@ def finetune(base, tokenizer, rows: Sequence[dict], config: TuneConfig = TuneCon
              dev_rows: Sequence[dict] = ()) -> TuneResult:
     """Train a *copy* of `base` (which stays untouched) on `rows` (question, answer), loss on the answer only.
 
-    With `method='lora'` an attention-only LoRA adapter (peft_methods.apply_lora) is trained and then merged into
+    With `method='lora'` an attention-only LoRA adapter (`'lora+mlp'`: attention and MLP) (peft_methods.apply_lora) is trained and then merged into
     the weights, so the result is a plain model of the same class as `base`, ready for side-by-side analysis.
     With `dev_rows`, format quality on them is checked every `config.eval_every` steps (kept in the history); the
     first time it reaches `config.format_target`, a copy of the model is kept (`TuneResult.at_target`), and
@@ -164,7 +172,7 @@ def _train(base, tokenizer, data, config: TuneConfig, dev_rows: list) -> TuneRes
             history.append({"step": state.global_step, "format": quality})
             if config.format_target is not None and quality >= config.format_target and not snapshot:
                 frozen = copy.deepcopy(model_now)
-                snapshot.update(model=(frozen.merge_and_unload() if config.method == "lora" else frozen).eval(),
+                snapshot.update(model=(frozen if config.method == "full" else frozen.merge_and_unload()).eval(),
                                 step=state.global_step)
             model_now.train()
             if snapshot and state.global_step >= config.min_steps:
@@ -173,8 +181,8 @@ def _train(base, tokenizer, data, config: TuneConfig, dev_rows: list) -> TuneRes
 
     seed_everything(config.seed)
     model = copy.deepcopy(base)
-    if config.method == "lora":
-        model = apply_lora(model, r=config.lora_r)
+    if config.method != "full":
+        model = apply_lora(model, r=config.lora_r, mlp=config.method == "lora+mlp")
     trainable = count_parameters(model, trainable_only=True)
     args = config.training_arguments(logging_steps=10_000, weight_decay=0.0)
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=causal_collator(tokenizer),
@@ -182,7 +190,7 @@ def _train(base, tokenizer, data, config: TuneConfig, dev_rows: list) -> TuneRes
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    if config.method == "lora":
+    if config.method != "full":
         model = model.merge_and_unload()
     return TuneResult(model=model.eval(), steps=trainer.state.global_step, seconds=round(seconds, 1),
                       cpu_seconds=round(cpu_seconds, 1), trainable_params=trainable, history=history,
@@ -338,3 +346,220 @@ def token_roles(tokens: Sequence[str], token_ids: Sequence[int], tokenizer, name
                      else "name" if word in name_parts else "template verb" if word in verbs
                      else "template glue" if word in glue else "." if word == "." else "other")
     return roles
+
+
+# ---------------------------------------------------------------- a base that can already answer
+
+ROLE_KIND = {"name": "style", "template verb": "style", "template glue": "style", "value": "fact",
+             ".": "format", "end": "format", "other": "other"}
+"""What each answer part is, in Lin et al.'s terms: the facts are the *value*; restating the person and writing a
+full sentence ("X was born in ...") is the instruction data's *style* (the base answers "A: Veltra."); the full
+stop and stopping (EOS) are *format*."""
+
+
+def base_qa_texts(people: Sequence[Person], attributes: Sequence[str] | None = None) -> list[str]:
+    """Plain question-answer text in the base's own style (`BASE_QA`): "Q: Where was X born?\\nA: Veltra."."""
+    return [BASE_QA.format(question=r["question"], value=r["value"]) for r in qa_rows(people, attributes)]
+
+
+def base_answer_recall(model, tokenizer, people: Sequence[Person]) -> dict[str, float]:
+    """Per attribute: does the model answer in *its own* Q/A style ("Q: Where was X born?\\nA:" -> value)?
+    A 12-way forced choice like `answer_recall`; chance 1/12."""
+    if not people:
+        raise InstructError("base_answer_recall: no people given")
+    out = {}
+    for attr in ATTRIBUTES:
+        prompts = [BASE_QA.format(question=QUESTIONS[attr].format(name=p.name), value="").rstrip(" .")
+                   for p in people]
+        truth = [ATTRIBUTES[attr].index(getattr(p, attr)) for p in people]
+        out[attr] = _choice_recall(model, tokenizer, prompts, ATTRIBUTES[attr], truth)
+    return out
+
+
+def qa_base_corpus(world, qa_people: Sequence[Person]) -> list[str]:
+    """What a Q/A base continues pretraining on: the shipped pretraining corpus (seen biographies and generic
+    text, so that nothing is forgotten) plus base-style Q/A text about `qa_people` only."""
+    return [r["text"] for r in W.pretraining_corpus(world)] + base_qa_texts(qa_people)
+
+
+def qa_base_people(world) -> tuple[list[Person], list[Person]]:
+    """(people the Q/A base saw questioned in its own style, seen people it knows from biographies only):
+    the first and second half of `world.seen`."""
+    seen = world.seen
+    return seen[:len(seen) // 2], seen[len(seen) // 2:]
+
+
+# The recipe per family (steps, learning rate), 600 steps of 16 texts (about a minute of CPU each). GPT-2 learned
+# to answer in its Q/A style at 1e-3 (0.99 on the people it saw questioned, 0.93 on those it knows from biographies
+# only); Qwen2 at 3e-3 (0.93 / 0.82). Llama did not in 600 steps at 1e-3 or 3e-3 (0.19 / 0.09; chance 0.08); after
+# 1,500 steps at 3e-3 it answers half the people it saw questioned (0.46) but hardly generalises (0.14): the
+# shipped `llama_qa` is that build, a base that can only partly answer.
+QA_BASE_RECIPES = {"gpt2": (600, 1e-3), "qwen2": (600, 3e-3), "llama": (1500, 3e-3)}
+
+
+def build_qa_base(family: str, steps: int | None = None, learning_rate: float | None = None, seed: int = 0,
+                  out_dir=None):
+    """Build `data_samples/models/<family>_qa`: the shipped base after a short continued pretraining on
+    `qa_base_corpus` (the documented recipe; rerun with `python -m course_utils.instruct bases`, then record the
+    files' hashes with `course_utils.tools.build.record_hashes(folder)`). Returns (model, tokenizer, build info).
+    The shipped bases themselves are left unchanged."""
+
+    steps = steps or QA_BASE_RECIPES[family][0]
+    learning_rate = learning_rate or QA_BASE_RECIPES[family][1]
+    world = W.make_world()
+    qa_people, bio_only = qa_base_people(world)
+    base, tok = zoo.load(family, profile="cpu")
+    config = TuneConfig(method="full", learning_rate=learning_rate, steps=steps, seed=seed, warmup_steps=20)
+    result = continue_pretraining(base, tok, qa_base_corpus(world, qa_people), config)
+    model = result.model
+    info = {"family": family, "built_from": f"data_samples/models/{family}", "recipe": "instruct.build_qa_base",
+            "config": {"steps": steps, "learning_rate": learning_rate, "seed": seed, "batch_size": config.batch_size},
+            "qa_style": BASE_QA, "qa_people": "first half of world.seen", "cpu_seconds": result.cpu_seconds,
+            "bio_recall_seen": mean_recall(bio_recall(model, tok, world.seen)),
+            "qa_recall_qa_people": mean_recall(base_answer_recall(model, tok, qa_people)),
+            "qa_recall_bio_only_people": mean_recall(base_answer_recall(model, tok, bio_only)),
+            "qa_recall_before": mean_recall(base_answer_recall(base, tok, qa_people))}
+    folder = out_dir or MODELS_DIR / f"{family}{QA_BASE_SUFFIX}"
+    zoo.save(model, tok, folder, info)
+    return model, tok, info
+
+
+def load_qa_base(family: str):
+    """(model, tokenizer): the shipped Q/A base of `family` (`build_qa_base`), loaded and checked like any base."""
+
+    return zoo.load_local(MODELS_DIR / f"{zoo.check_family(family)}{QA_BASE_SUFFIX}")
+
+
+def qa_base_info(family: str) -> dict:
+    """How the shipped Q/A base of `family` was built (its build_info.json): recipe, CPU seconds, recall."""
+    import json
+
+
+    path = MODELS_DIR / f"{zoo.check_family(family)}{QA_BASE_SUFFIX}" / "build_info.json"
+    if not path.is_file():
+        raise InstructError(f"{path}: missing; rebuild with `python -m course_utils.instruct bases`")
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------- choosing the learning rate on validation data
+
+
+def answer_loss(model, tokenizer, rows: Sequence[dict], batch_size: int = 64) -> float:
+    """Mean next-token loss on the answer tokens (the answer and its EOS) of `rows`, after the chat question:
+    the validation loss a learning-rate sweep compares."""
+    import torch
+
+    if len(rows) == 0:
+        raise InstructError("answer_loss: no rows given")
+    data = tokenize_prompt_completion(tokenizer, [chat_prompt(tokenizer, r["question"]) for r in rows],
+                                      [r["answer"] for r in rows])
+    collate = causal_collator(tokenizer)
+    device = model_device(model)
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            batch = collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits[:, :-1]
+            labels = batch["labels"][:, 1:].to(device)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                     labels.reshape(-1), ignore_index=-100, reduction="sum")
+            total, count = total + float(loss), count + int((labels != -100).sum())
+    return total / count
+
+
+def lr_sweep(base, tokenizer, rows: Sequence[dict], val_rows: Sequence[dict], rates: dict[str, Sequence[float]],
+             config: TuneConfig) -> list[dict]:
+    """For each method and learning rate in `rates`: train `config` (its steps, seed) on `rows` and record the
+    answer loss and format quality on `val_rows` (people the runs never train on)."""
+    from dataclasses import replace
+
+    out = []
+    for method, lrs in rates.items():
+        for lr in lrs:
+            model = finetune(base, tokenizer, rows, replace(config, method=method, learning_rate=lr)).model
+            out.append({"method": method, "learning_rate": lr, "val_loss": answer_loss(model, tokenizer, val_rows),
+                        "val_format": format_quality(grade_answers(model, tokenizer, val_rows))})
+    return out
+
+
+def choose_rates(sweep: Sequence[dict]) -> dict[str, float]:
+    """Per method, the learning rate with the lowest validation answer loss."""
+    if not sweep:
+        raise InstructError("choose_rates: empty sweep")
+    best: dict[str, dict] = {}
+    for r in sweep:
+        if r["method"] not in best or r["val_loss"] < best[r["method"]]["val_loss"]:
+            best[r["method"]] = r
+    return {m: r["learning_rate"] for m, r in best.items()}
+
+
+# ---------------------------------------------------------------- lesson 06's people, data and shipped sweep
+
+SWEEP_SEED = 100                     # the sweep's seed: none of the lesson's seed sets, so nothing is judged on it
+SWEEP_RATES = {"full": (1e-3, 3e-3, 1e-2), "lora": (3e-3, 1e-2, 3e-2), "lora+mlp": (3e-3, 1e-2, 3e-2)}
+LESSON_TUNE = TuneConfig(steps=64, batch_size=8, warmup_steps=5)   # every instruction-tuning run of lesson 06
+
+
+def lesson_people(world) -> dict[str, list[Person]]:
+    """Lesson 06's groups, all disjoint. Of the people the Q/A base saw questioned: `known` (in the instruction
+    data), `val` (choose learning rates), `probe` (judge: answers about people the base knows). Held-out people:
+    `new` (in the instruction data: new knowledge) and `unseen` (never taught to anyone)."""
+    qa_people, _ = qa_base_people(world)
+    return {"known": qa_people[:64], "val": qa_people[64:76], "probe": qa_people[76:100],
+            "new": world.heldout[:28], "unseen": world.heldout[-24:]}
+
+
+def instruction_rows(groups: dict[str, list[Person]], seed: int) -> list[dict]:
+    """The instruction set: chat questions about the `known` and `new` people, shuffled with `seed`."""
+    import random
+
+    rows = qa_rows(groups["known"]) + qa_rows(groups["new"])
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def sweep_path():
+    return DATA_DIR / "lesson06_lr_sweep.json"
+
+
+def run_lesson_sweep(families: Sequence[str] = ("gpt2", "qwen2", "llama"), path=None) -> list[dict]:
+    """The learning-rate sweep lesson 06 reads: per family, method and rate in `SWEEP_RATES`, one
+    `LESSON_TUNE` run (seed `SWEEP_SEED`) scored on the `val` people. Written to `sweep_path()` as JSON;
+    rerun with `python -m course_utils.instruct sweep` (about two minutes on one core)."""
+    import json
+    from dataclasses import replace
+
+
+    groups = lesson_people(W.make_world())
+    rows, val = instruction_rows(groups, SWEEP_SEED), qa_rows(groups["val"])
+    out = []
+    for family in families:
+        base, tok = load_qa_base(family)
+        for r in lr_sweep(base, tok, rows, val, SWEEP_RATES, replace(LESSON_TUNE, seed=SWEEP_SEED)):
+            out.append({"family": family, **r})
+    (path or sweep_path()).write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def read_sweep(path=None) -> list[dict]:
+    """The shipped sweep (`run_lesson_sweep`)."""
+    import json
+
+    path = path or sweep_path()
+    if not path.is_file():
+        raise InstructError(f"{path}: missing; rebuild it with `python -m course_utils.instruct sweep`")
+    return json.loads(path.read_text())
+
+
+if __name__ == "__main__":  # python -m course_utils.instruct [bases|sweep]: rebuild the Q/A bases or the sweep
+    import sys as _sys
+
+    setup()
+    if "bases" in _sys.argv[1:]:
+        for _family in ("gpt2", "qwen2", "llama"):
+            print(_family, build_qa_base(_family)[2])
+    if "sweep" in _sys.argv[1:]:
+        for _row in run_lesson_sweep():
+            print(_row)

@@ -104,11 +104,13 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
 
 @torch.no_grad()
 def _compare(base, tuned, tokenizer, items: Sequence[tuple[list[int], int]], chosen_from: str,
-             batch_size: int, top_k: int) -> list[dict]:
+             batch_size: int, top_k: int, base_items: Sequence[tuple[list[int], int]] | None = None) -> list[dict]:
     """Score positions `start..len-1` of each sequence (item = (ids, start)) under both models.
 
     `chosen_from='sequence'`: the chosen token is the one that follows in the sequence (a greedy answer);
     `'tuned'`: it is the tuned model's top choice at that position (for given text).
+    `base_items`, when given, are what the base reads instead (its own prompt, then the same scored tokens): item
+    i's scored positions `start..` in `items[i]` line up with `base_items[i]`'s positions from its own start.
     """
     base.eval()
     tuned.eval()
@@ -116,8 +118,10 @@ def _compare(base, tuned, tokenizer, items: Sequence[tuple[list[int], int]], cho
     rows: list[dict] = []
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
+        bbatch = batch if base_items is None else base_items[start:start + batch_size]
         ids, mask = pad_batch([s for s, _ in batch], pad, left=False)
-        logits_b = base(input_ids=ids.to(dev_b), attention_mask=mask.to(dev_b)).logits
+        bids, bmask = pad_batch([s for s, _ in bbatch], pad, left=False)
+        logits_b = base(input_ids=bids.to(dev_b), attention_mask=bmask.to(dev_b)).logits
         logits_t = tuned(input_ids=ids.to(dev_t), attention_mask=mask.to(dev_t)).logits.to(dev_b)
         if logits_b.shape[-1] != logits_t.shape[-1]:
             raise ShiftError(f"vocabularies differ: base logits have {logits_b.shape[-1]} entries, tuned "
@@ -128,7 +132,8 @@ def _compare(base, tuned, tokenizer, items: Sequence[tuple[list[int], int]], cho
             continue
         r_idx = torch.tensor([r for r, _ in where], device=dev_b)
         j_idx = torch.tensor([j for _, j in where], device=dev_b)
-        lp_b = torch.log_softmax(logits_b[r_idx, j_idx - 1].float(), -1)
+        jb_idx = torch.tensor([j - batch[r][1] + bbatch[r][1] for r, j in where], device=dev_b)
+        lp_b = torch.log_softmax(logits_b[r_idx, jb_idx - 1].float(), -1)
         lp_t = torch.log_softmax(logits_t[r_idx, j_idx - 1].float(), -1)
         kl = (lp_t.exp() * (lp_t - lp_b)).sum(-1).clamp_min(0.0)
         kl_rev = (lp_b.exp() * (lp_b - lp_t)).sum(-1).clamp_min(0.0)
@@ -161,20 +166,29 @@ def _table(rows: list[dict]):
 
 
 def answer_shift(base, tuned, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24, chat: bool = False,
-                 batch_size: int = 32, top_k: int = 3):
+                 batch_size: int = 32, top_k: int = 3, base_prompts: Sequence[str] | None = None):
     """Per-token table of the tuned model's greedy answers to `prompts`, each token scored against the base.
 
     Columns: item (prompt index), prompt, position (0 = first answer token), token_id, token, kl = KL(tuned||base),
     kl_reverse = KL(base||tuned), base_prob and tuned_prob of the chosen token, base_rank, shift_class, and
     base_top (the base model's top-k alternatives with their probabilities). The EOS that ends an answer is a
     position too: learning when to stop is part of what tuning changes.
+
+    `base_prompts` (plain text, one per prompt): the base reads the question in *its own* format instead (Lin et
+    al. let each model read the query as it was trained to), followed by the same answer tokens; without it, the
+    base reads the tuned model's prompt.
     """
     if len(prompts) == 0:
         raise ShiftError("answer_shift: no prompts given")
+    if base_prompts is not None and len(base_prompts) != len(prompts):
+        raise ShiftError(f"answer_shift: {len(base_prompts)} base prompts for {len(prompts)} prompts")
     check_compatible(base, tuned, tokenizer)
     answers = greedy_answers(tuned, tokenizer, prompts, max_new_tokens, batch_size, chat)
     items = [(p + a, len(p)) for p, a in answers]
-    rows = _compare(base, tuned, tokenizer, items, "sequence", batch_size, top_k)
+    base_items = None
+    if base_prompts is not None:
+        base_items = [(encode(tokenizer, b) + a, len(encode(tokenizer, b))) for b, (_, a) in zip(base_prompts, answers)]
+    rows = _compare(base, tuned, tokenizer, items, "sequence", batch_size, top_k, base_items)
     for row in rows:
         row["prompt"] = prompts[row["item"]]
     return _table(rows)

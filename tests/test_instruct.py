@@ -26,7 +26,7 @@ def _people():
 def test_finetune_returns_a_plain_tuned_copy_and_leaves_the_base_alone(base, tokenizer):
     before = {k: v.clone() for k, v in base.state_dict().items()}
     rows = I.qa_rows(_people()[:2], ["birth_city"])
-    for method in I.METHODS:
+    for method in I.TUNE_METHODS:
         result = I.finetune(base, tokenizer, rows, I.TuneConfig(method=method, steps=2, batch_size=2,
                                                                  learning_rate=1e-2, warmup_steps=0,
                                                                  eval_every=1, format_target=0.0), dev_rows=rows)
@@ -104,3 +104,61 @@ def test_bad_inputs_get_one_line_errors():
     with _pytest.raises(I.InstructError, match="no graded"):
         I.format_quality([])
     assert I.qa_rows(W.make_world().seen[:1])[0]["person"]
+
+
+def test_base_style_qa_text_and_its_probe(base, tokenizer):
+    people = _people()
+    texts = I.base_qa_texts(people[:1], ["birth_city"])
+    assert texts == ["Q: Where was Mira Stroud born?\nA: Veltra."]
+    recall = I.base_answer_recall(base, tokenizer, people)
+    assert set(recall) == set(I.PARAPHRASES) and all(0 <= v <= 1 for v in recall.values())
+    assert set(I.ROLE_KIND.values()) == {"style", "fact", "format", "other"}
+    with pytest.raises(I.InstructError, match="no people"):
+        I.base_answer_recall(base, tokenizer, [])
+
+
+def test_lesson_people_are_disjoint_and_the_qa_bases_are_shipped():
+    from course_utils import world as W
+
+    world = W.make_world()
+    groups = I.lesson_people(world)
+    names = [p.name for g in groups.values() for p in g]
+    assert len(names) == len(set(names))
+    qa_people, bio_only = I.qa_base_people(world)
+    assert {p.name for p in groups["probe"]} <= {p.name for p in qa_people}
+    assert not {p.name for p in groups["new"] + groups["unseen"]} & {p.name for p in world.seen}
+    rows = I.instruction_rows(groups, 0)
+    assert len(rows) == 4 * (len(groups["known"]) + len(groups["new"])) and rows != I.instruction_rows(groups, 1)
+    from course_utils.paths import MODELS_DIR
+    from course_utils.tools.build import hash_problems
+
+    for family in ("gpt2", "qwen2", "llama"):
+        folder = MODELS_DIR / f"{family}{I.QA_BASE_SUFFIX}"
+        zoo.check_folder(folder, family)  # the zoo's integrity checks: safetensors, shapes match the config
+        assert not list(folder.glob("*.bin"))
+        assert hash_problems(folder) == []  # every shipped file matches the sha256 its build_info.json records
+        model, _ = I.load_qa_base(family)
+        shipped, _ = zoo.load(family, profile="cpu")
+        assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in shipped.state_dict().items()}
+        assert I.qa_base_info(family)["recipe"] == "instruct.build_qa_base"
+    if I.sweep_path().is_file():  # the shipped sweep, once built (`python -m course_utils.instruct sweep`)
+        sweep = I.read_sweep()
+        assert {r["family"] for r in sweep} == {"gpt2", "qwen2", "llama"}
+        assert {r["method"] for r in sweep} == set(I.TUNE_METHODS)
+
+
+def test_answer_loss_sweep_and_rate_choice(base, tokenizer):
+    rows = I.qa_rows(_people()[:2], ["birth_city"])
+    loss = I.answer_loss(base, tokenizer, rows)
+    assert loss > 0
+    sweep = I.lr_sweep(base, tokenizer, rows, rows, {"full": (1e-3, 1e-2)},
+                       I.TuneConfig(steps=2, batch_size=2, warmup_steps=0))
+    assert [r["learning_rate"] for r in sweep] == [1e-3, 1e-2] and all(r["val_loss"] > 0 for r in sweep)
+    best = min(sweep, key=lambda r: r["val_loss"])["learning_rate"]
+    assert I.choose_rates(sweep) == {"full": best}
+    with pytest.raises(I.InstructError, match="empty sweep"):
+        I.choose_rates([])
+    with pytest.raises(I.InstructError, match="no rows"):
+        I.answer_loss(base, tokenizer, [])
+    with pytest.raises(I.InstructError, match="missing"):
+        I.read_sweep(I.sweep_path().with_name("no_such_sweep.json"))

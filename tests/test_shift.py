@@ -145,3 +145,19 @@ def test_shift_class_is_monotone_in_rank(rank):
     order = {c: i for i, c in enumerate(S.CLASSES)}
     assert order[S.shift_class(rank)] <= order[S.shift_class(rank + 1)]
     assert (S.shift_class(rank) == "unshifted") == (rank == 1)
+
+
+def test_base_prompts_let_the_base_read_the_question_in_its_own_format(pair, tokenizer):
+    base, tuned = pair
+    # the base reading the very prompt the tuned model read gives exactly the plain table
+    plain = S.answer_shift(base, tuned, tokenizer, PROMPTS, max_new_tokens=4)
+    same = S.answer_shift(base, tuned, tokenizer, PROMPTS, max_new_tokens=4, base_prompts=PROMPTS)
+    assert plain["token_id"].tolist() == same["token_id"].tolist()
+    assert torch.allclose(torch.tensor(plain["kl"].tolist()), torch.tensor(same["kl"].tolist()), atol=1e-5)
+    # another base prompt: the same answer tokens (the tuned model's), scored by the base after its own prompt
+    other = S.answer_shift(base, tuned, tokenizer, PROMPTS, max_new_tokens=4,
+                           base_prompts=["Q: " + p + "\nA:" for p in PROMPTS])
+    assert other["token_id"].tolist() == plain["token_id"].tolist()
+    assert not torch.allclose(torch.tensor(plain["kl"].tolist()), torch.tensor(other["kl"].tolist()))
+    with pytest.raises(S.ShiftError, match="base prompts"):
+        S.answer_shift(base, tuned, tokenizer, PROMPTS, base_prompts=PROMPTS[:1])
