@@ -212,7 +212,7 @@ MEASURES = {"cka": "CKA of hidden states (1 = same)", "attention_sim": "attentio
             "weight_change": "relative weight change"}
 
 
-COLOURS = {"label": "tab:red", "grammar": "tab:blue", "typo": "tab:green"}  # as in noise.plot_accuracy_vs_rate
+COLOURS = {"label": "tab:red", "grammar": "tab:blue", "typo": "tab:green"}  # as in noise.plot_f1_vs_rate
 
 
 def plot_layer_profiles(layer_rows, measures: Sequence[str] = tuple(MEASURES)):

@@ -27,15 +27,21 @@ from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from course_utils import layers
-
-from course_utils.config import CourseConfig
+from course_utils import layers, zoo
+from course_utils.config import CourseConfig, training_args
 from course_utils.errors import CourseError, check_rate, check_rows
+from course_utils.evaluate import generate
+from course_utils.train import causal_collator, tokenize_prompt_completion, with_finite_guard
 from course_utils.world import ATTRIBUTES
 
 
 NOISE_TYPES = ("label", "grammar", "typo")
-LIBRARY_CALLS: dict[str, list[str]] = {}  # plain Python: no library entry points
+LIBRARY_CALLS = {
+    "transformers:Trainer.__init__": ["model", "args", "train_dataset", "data_collator", "callbacks"],
+    "transformers:TrainingArguments": ["max_steps", "per_device_train_batch_size", "learning_rate", "warmup_steps",
+                                       "logging_strategy", "logging_steps", "seed", "data_seed"],
+    "transformers:set_seed": ["seed"],
+}
 
 
 class NoiseError(CourseError):
@@ -493,8 +499,6 @@ def qa_scores(outputs: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[st
 
 def score_qa(model, tokenizer, rows: Sequence[dict[str, Any]], max_new_tokens: int = 12) -> dict[str, float]:
     """Greedy answers to the rows' questions, scored by `qa_scores`."""
-    from course_utils.evaluate import generate
-
     outputs = generate(model, tokenizer, [QA_FORMAT.format(question=r["question"]) for r in rows], max_new_tokens,
                        batch_size=128)
     return qa_scores(outputs, rows)
@@ -542,10 +546,6 @@ def train_qa(family: str, rows: Sequence[dict[str, Any]], data_seed: int, config
     """Fine-tune `family`'s base model on Q/A rows (loss on the answer only) for `config.steps` steps; the data
     order is drawn with `data_seed`. Returns (model, tokenizer, training-loss curve)."""
     from transformers import Trainer, set_seed
-
-    from course_utils import zoo
-    from course_utils.config import training_args
-    from course_utils.train import causal_collator, tokenize_prompt_completion, with_finite_guard
 
     set_seed(data_seed)
     with _quiet():
