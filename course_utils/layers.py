@@ -12,9 +12,13 @@ architecture (the clean fine-tune, or the base model):
 - **attention-map similarity**: for every head and query token, how close the two models' attention distributions
   are (1 - Jensen-Shannon divergence, in bits, so 1 means identical and 0 means disjoint).
 
-Lesson 04 uses them to show that noisy labels change the upper, task-specific layers most, and that attention
-patterns move less than hidden states. `torch` computes everything; no library ships CKA for Hugging Face models,
-and the formula is three lines.
+To put the three on **one scale**, `change_report` measures each as 1 - CKA: hidden states (tokens as examples),
+attention maps (each query token's attention over the keys, all heads side by side) and weight matrices (output
+units as examples). A change only means something against a **floor**: the same comparison between two clean
+fine-tunes that differ only by their data order (`against_floor`). Lesson 04 asks whether noise moves the upper
+blocks more than the lower ones, and attention less than hidden states, as Li & Sen (2026) report for 7 B
+models; with four blocks, what it finds is declared and measured there, not stated here. `torch` computes
+everything; no library ships CKA for Hugging Face models, and the formula is three lines.
 """
 
 from __future__ import annotations
@@ -208,7 +212,7 @@ MEASURES = {"cka": "CKA of hidden states (1 = same)", "attention_sim": "attentio
             "weight_change": "relative weight change"}
 
 
-COLOURS = {"label": "tab:red", "grammar": "tab:blue", "typo": "tab:green"}  # as in noise.plot_accuracy_vs_rate
+COLOURS = {"label": "tab:red", "grammar": "tab:blue", "typo": "tab:green"}  # as in noise.plot_f1_vs_rate
 
 
 def plot_layer_profiles(layer_rows, measures: Sequence[str] = tuple(MEASURES)):
@@ -242,33 +246,129 @@ def plot_layer_profiles(layer_rows, measures: Sequence[str] = tuple(MEASURES)):
     return fig
 
 
-def layer_findings(layer_rows, noisy: str = "label", inputs: Sequence[str] = ("typo", "grammar"),
-                   cka_gap: float = 0.05):
-    """The lesson's layer findings from per-layer comparisons: (paper claims, checks, half-by-half summary).
+# ---------------------------------------------------------------------------------------------------------------
+# one scale for three views: 1 - CKA, against a floor
 
-    Change is 1 - CKA. The paper's two claims, per family, for the `noisy` comparison: (1) the upper half of the
-    blocks changes more than the lower half; (2) attention maps stay more similar to the reference than hidden
-    states do (mean attention similarity > mean CKA). The check: `noisy` moves the hidden states further from the
-    reference than any of the `inputs` noise types (its lowest mean CKA at least `cka_gap` below theirs).
-    """
+
+@torch.no_grad()
+def attention_cka_per_layer(model, reference, tokenizer, texts: Sequence[str], max_length: int = 64) -> list[float]:
+    """Per block, linear CKA between the two models' attention maps: each real query token (the first left out,
+    it can only attend to itself) is one example, its attention over the keys in every head its features."""
+    maps, mask = attention_maps(model, tokenizer, texts, max_length)
+    ref_maps, _ = attention_maps(reference, tokenizer, texts, max_length)
+    if len(maps) != len(ref_maps):
+        raise LayerError(f"attention_cka_per_layer: the models have {len(maps)} and {len(ref_maps)} blocks")
+    queries = mask.bool().clone()
+    queries[:, 0] = False
+
+    def rows(a):  # (batch, heads, query, key) -> (n real queries, heads * key)
+        a = a.permute(0, 2, 1, 3)
+        return a[queries].reshape(int(queries.sum()), -1)
+
+    return [linear_cka(rows(a), rows(b)) for a, b in zip(maps, ref_maps)]
+
+
+def weight_cka_per_layer(model, reference) -> list[float]:
+    """Per block, the mean linear CKA of its weight matrices against the reference's (rows as examples)."""
+    blocks, ref_blocks = transformer_blocks(model), transformer_blocks(reference)
+    if len(blocks) != len(ref_blocks):
+        raise LayerError(f"weight_cka_per_layer: the models have {len(blocks)} and {len(ref_blocks)} blocks")
+    out = []
+    for i, (block, ref) in enumerate(zip(blocks, ref_blocks), start=1):
+        ref_params = dict(ref.named_parameters())
+        values = []
+        for name, p in block.named_parameters():
+            if p.ndim != 2:
+                continue
+            if name not in ref_params or ref_params[name].shape != p.shape:
+                raise LayerError(f"weight_cka_per_layer: block {i} parameter {name!r} has no match in the reference")
+            values.append(linear_cka(p.detach(), ref_params[name].detach()))
+        out.append(float(np.mean(values)))
+    return out
+
+
+VIEWS = {"hidden": "hidden states", "attention": "attention maps", "weights": "weights"}
+
+
+def change_report(model, reference, tokenizer, texts: Sequence[str], max_length: int = 64) -> list[dict[str, float]]:
+    """One row per block (1 = lowest): change = 1 - CKA against `reference` of the hidden states, the attention
+    maps and the weights, all on the same scale (0 = the same up to rotation and scale)."""
+    hidden = cka_per_layer(model, reference, tokenizer, texts, max_length)[1:]
+    attention = attention_cka_per_layer(model, reference, tokenizer, texts, max_length)
+    weights = weight_cka_per_layer(model, reference)
+    return [{"layer": i + 1, "hidden": 1 - h, "attention": 1 - a, "weights": 1 - w}
+            for i, (h, a, w) in enumerate(zip(hidden, attention, weights))]
+
+
+def against_floor(layer_rows, floor: str, views: Sequence[str] = tuple(VIEWS)) -> pd.DataFrame:
+    """Each comparison's change divided by the floor's change in the same family, seed, block and view: 1 means
+    "moved as much as a clean rerun does", 3 means three times as much. Rows keep family, seed, comparison, layer."""
     df = pd.DataFrame(layer_rows)
-    claims, checks, summary = {}, {}, []
-    for family in dict.fromkeys(df.family):
-        part = df[df.family == family]
-        for comparison, rows in part.groupby("comparison", sort=False):
-            rows = rows.sort_values("layer")
-            lower, upper = upper_vs_lower((1 - rows.cka).tolist())
-            w_lower, w_upper = upper_vs_lower(rows.weight_change.tolist())
-            summary.append({"family": family, "comparison": comparison, "1-CKA lower half": lower,
-                            "1-CKA upper half": upper, "weight change lower": w_lower, "weight change upper": w_upper,
-                            "mean CKA": rows.cka.mean(), "mean attention sim": rows.attention_sim.mean()})
-            if comparison.startswith(noisy):
-                claims[f"{family}: {noisy} noise changes the upper half more than the lower half"] = bool(upper > lower)
-                claims[f"{family}: attention maps stay closer to clean than hidden states"] = bool(
-                    rows.attention_sim.mean() > rows.cka.mean())
-        mean_cka = part.groupby("comparison").cka.mean()
-        noisy_cka = mean_cka[[c for c in mean_cka.index if c.startswith(noisy)]].min()
-        input_cka = mean_cka[[c for c in mean_cka.index if c.startswith(tuple(inputs))]].min()
-        checks[f"{family}: {noisy} noise moves hidden states further than {' and '.join(inputs)} noise (mean CKA "
-               f"lower by >= {cka_gap:g})"] = bool(noisy_cka <= input_cka - cka_gap)
-    return claims, checks, pd.DataFrame(summary).set_index(["family", "comparison"])
+    need = {"family", "seed", "comparison", "layer", *views}
+    if df.empty or not need <= set(df.columns):
+        raise LayerError(f"against_floor: layer rows need columns {sorted(need)}")
+    base = df[df.comparison == floor].set_index(["family", "seed", "layer"])[list(views)]
+    if base.empty:
+        raise LayerError(f"against_floor: no rows for the floor comparison {floor!r}")
+    rest = df[df.comparison != floor].copy()
+    key = pd.MultiIndex.from_frame(rest[["family", "seed", "layer"]])
+    for view in views:
+        rest[view] = rest[view].to_numpy() / base[view].reindex(key).clip(lower=1e-12).to_numpy()
+    return rest.reset_index(drop=True)
+
+
+def plot_change_profiles(ratios, views: Sequence[str] = tuple(VIEWS)):
+    """One row of panels per view, one column per family: change / floor per block, mean over seeds, one line per
+    comparison; the dashed line at 1 is the floor."""
+    import matplotlib.pyplot as plt
+
+    df = pd.DataFrame(ratios)
+    if df.empty:
+        raise LayerError("plot_change_profiles: nothing to plot")
+    families = list(dict.fromkeys(df.family))
+    fig, axes = plt.subplots(len(views), len(families), figsize=(3.8 * len(families), 2.5 * len(views)),
+                             sharex=True, squeeze=False)
+    for j, family in enumerate(families):
+        fam = df[df.family == family]
+        for i, view in enumerate(views):
+            ax = axes[i][j]
+            for name, part in fam.groupby("comparison", sort=False):
+                colour = next((c for k, c in COLOURS.items() if name.startswith(k)), None)
+                mean = part.groupby("layer")[view].mean()
+                ax.plot(mean.index, mean.values, marker="o", color=colour, label=name)
+            ax.axhline(1.0, color="grey", ls="--", lw=1)
+            ax.set_yscale("log")
+            if i == 0:
+                ax.set_title(family)
+            if j == 0:
+                ax.set_ylabel(f"{VIEWS.get(view, view)}\nchange / floor", fontsize=8)
+            if i == len(views) - 1:
+                ax.set_xlabel("block (1 = lowest)")
+            ax.set_xticks(sorted(fam.layer.unique()))
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def layer_findings(ratios, comparison: str) -> pd.DataFrame:
+    """Per family and seed, for one comparison (e.g. "label 40%"), the numbers behind the layer claims, from the
+    change-to-floor ratios of `against_floor` (geometric means over blocks, since ratios multiply):
+
+    - `hidden vs floor`: hidden-state change over all blocks, as a multiple of the clean rerun's;
+    - `upper / lower`: hidden-state change of the upper half of the blocks over that of the lower half (both
+      against the floor; > 1 means the upper blocks moved more); an odd middle block is left out;
+    - `hidden / attention`: hidden-state change over attention-map change (> 1: attention moved less).
+    """
+    df = pd.DataFrame(ratios)
+    df = df[df.comparison == comparison]
+    if df.empty:
+        raise LayerError(f"layer_findings: no rows for comparison {comparison!r}")
+    rows = []
+    for (family, seed), part in df.groupby(["family", "seed"], sort=False):
+        part = part.sort_values("layer")
+        log_h = np.log(part.hidden.to_numpy())
+        lower, upper = upper_vs_lower(log_h.tolist())
+        rows.append({"family": family, "seed": seed, "hidden vs floor": float(np.exp(log_h.mean())),
+                     "upper / lower": float(np.exp(upper - lower)),
+                     "hidden / attention": float(np.exp(log_h.mean() - np.log(part.attention.to_numpy()).mean()))})
+    return pd.DataFrame(rows)

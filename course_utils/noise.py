@@ -27,15 +27,21 @@ from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from course_utils import layers
-from course_utils.classify import ClassifierConfig, accuracy, load_classifier, train_classifier
-from course_utils.config import CourseConfig
+from course_utils import layers, zoo
+from course_utils.config import CourseConfig, training_args
 from course_utils.errors import CourseError, check_rate, check_rows
+from course_utils.evaluate import generate
+from course_utils.train import causal_collator, tokenize_prompt_completion, with_finite_guard
 from course_utils.world import ATTRIBUTES
 
 
 NOISE_TYPES = ("label", "grammar", "typo")
-LIBRARY_CALLS: dict[str, list[str]] = {}  # plain Python: no library entry points
+LIBRARY_CALLS = {
+    "transformers:Trainer.__init__": ["model", "args", "train_dataset", "data_collator", "callbacks"],
+    "transformers:TrainingArguments": ["max_steps", "per_device_train_batch_size", "learning_rate", "warmup_steps",
+                                       "logging_strategy", "logging_steps", "seed", "data_seed"],
+    "transformers:set_seed": ["seed"],
+}
 
 
 class NoiseError(CourseError):
@@ -364,42 +370,152 @@ def examples(record: NoiseRecord, n: int = 5) -> list[dict[str, Any]]:
     return [dict(c) for c in record.changes[:n]]
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# the study: fine-tune a classifier on noisy data, for each family, noise type, rate and seed
+# the study: fine-tune a causal LM to answer questions on noisy data, for each family, noise type, rate and seed
+#
+# The task is the paper's QA task on our world: "Question: Where was Darius Hollowell born?\nAnswer:" is to be
+# completed with the answer sentence " Darius Hollowell was born in Corrin." The base models learned the facts in
+# pretraining; fine-tuning teaches them to answer in this format, and they are judged on questions about people
+# they were never fine-tuned on. The short answer (the value) is scored by exact match and token F1, as in
+# extractive QA.
+
+QA_FORMAT = "Question: {question}\nAnswer:"
+CLEAN = "none"          # the noise type of the clean runs (rate 0), shared by every noise type's curve
+RERUN = "clean rerun"   # the floor: a clean run that differs from the clean run only by its data order
+RATES = (0.2, 0.3, 0.4)
+FULL_GRID = ((CLEAN, 0.0),) + tuple((kind, rate) for kind in NOISE_TYPES for rate in RATES)
 
 
 @dataclass
 class StudyConfig(CourseConfig):
-    """One fine-tuning recipe for every cell of the grid: same data size, steps and hyper-parameters."""
+    """One fine-tuning recipe for every cell of the grid: same data, steps and hyper-parameters.
+
+    The budget (steps, learning rate) was chosen on validation people so that a clean model learns the task well
+    but not perfectly (room to see a regulariser) and a noisy one still learns something (no collapse)."""
 
     error = NoiseError
 
-    n_train: int = 240          # training reviews (noise is injected here only; the test set stays clean)
-    n_test: int = 240
-    epochs: float = 3.0         # 45 steps of 16
+    n_train: int = 320          # training questions (noise is injected here only; validation and test stay clean)
+    n_val: int = 64             # validation questions: where the budget was chosen
+    n_test: int = 128           # test questions, about other people than training and validation
+    steps: int = 40             # optimizer steps of `batch_size` questions
     batch_size: int = 16
-    learning_rate: float = 3e-3
-    max_length: int = 40        # reviews are 12-25 tokens
-    word_rate: float = 0.25     # share of words corrupted in each sample hit by grammar or typo noise
+    learning_rate: float = 1e-3
+    max_length: int = 48        # question + answer are about 20 tokens
+    grammar_word_rate: float = 0.15   # the paper's rates: ~15 % of words get a grammatical error,
+    typo_word_rate: float = 0.10      # ~10 % a typo, in each chosen sample
+    rerun_offset: int = 1000    # the floor's data order: seed + rerun_offset
+    log_every: int = 5          # training-loss curve resolution (steps)
+    n_probe: int = 64           # test questions used as probe texts by the layer analysis
 
     @classmethod
     def for_profile(cls, profile: str) -> "StudyConfig":
-        """cpu: the shipped ~1 M models learn fast at a high learning rate; gpu: hub models (124 M - 500 M
-        parameters) need a small one, and get more data."""
+        """cpu: the shipped ~1 M models at a high learning rate; gpu: hub models (124 M - 500 M parameters) need a
+        small one and more steps."""
         if profile == "gpu":
-            return cls(n_train=480, epochs=3.0, learning_rate=3e-5, max_length=48)
-        return cls(n_train=240, epochs=3.0, learning_rate=3e-3)
+            return cls(steps=120, learning_rate=3e-5)
+        return cls()
 
 
-def study_data(rows: Sequence[dict[str, Any]], config: StudyConfig = StudyConfig()) -> tuple[list, list]:
-    """The first `n_train` training and `n_test` test rows of `world.reviews` (split column 'train'/'test')."""
-    train = [r for r in rows if r.get("split") == "train"][: config.n_train]
-    test = [r for r in rows if r.get("split") == "test"][: config.n_test]
-    if len(train) < config.n_train or len(test) < config.n_test:
-        raise NoiseError(f"study_data: asked for {config.n_train} train / {config.n_test} test rows, "
-                         f"the data has {len(train)} / {len(test)}")
-    return train, test
+@dataclass
+class QASplit:
+    """Q/A rows about seen people, split by person: nobody is in two of train / val / test."""
 
+    train: list
+    val: list
+    test: list
+
+
+def qa_study_data(qa_rows: Sequence[dict[str, Any]], config: StudyConfig = StudyConfig(), seed: int = 0) -> QASplit:
+    """Split `world.qa_pairs` rows of *seen* people (the base model knows their facts) by person, drawn with `seed`:
+    test people first, then validation people, the rest for training (their rows shuffled, the first `n_train`)."""
+    rows = [r for r in qa_rows if r.get("split") == "seen"]
+    _check_rows(rows, ["person", "attribute", "question", "answer", "value"], "qa_study_data")
+    people = sorted({r["person"] for r in rows})
+    random.Random(seed).shuffle(people)
+    per_person = max(1, len(rows) // max(1, len(people)))
+    n_test_p, n_val_p = math.ceil(config.n_test / per_person), math.ceil(config.n_val / per_person)
+    test_p, val_p = set(people[:n_test_p]), set(people[n_test_p:n_test_p + n_val_p])
+    rng = random.Random(seed + 1)
+    train = [r for r in rows if r["person"] not in test_p | val_p]
+    rng.shuffle(train)
+    test = [r for r in rows if r["person"] in test_p][: config.n_test]
+    val = [r for r in rows if r["person"] in val_p][: config.n_val]
+    if len(train) < config.n_train or len(test) < config.n_test or len(val) < config.n_val:
+        raise NoiseError(f"qa_study_data: asked for {config.n_train} / {config.n_val} / {config.n_test} rows, "
+                         f"the seen people give {len(train)} / {len(val)} / {len(test)}")
+    return QASplit(train[: config.n_train], val, test)
+
+
+def inject_qa(rows: Sequence[dict[str, Any]], kind: str, rate: float, seed: int,
+              config: StudyConfig = StudyConfig()) -> tuple[list[dict[str, Any]], NoiseRecord]:
+    """The study's noise on Q/A rows: label noise states another value of the attribute in the answer;
+    grammatical and typographical noise corrupt the *question* at the paper's word rates (the answer stays right)."""
+    if kind == "label":
+        return flip_answers(rows, rate, seed)
+    if kind == "grammar":
+        return grammar_noise(rows, rate, seed, word_rate=config.grammar_word_rate, text_key="question")
+    if kind == "typo":
+        return typo_noise(rows, rate, seed, word_rate=config.typo_word_rate, text_key="question")
+    raise NoiseError(f"inject_qa: unknown noise type {kind!r}; choose one of {NOISE_TYPES}")
+
+
+# ---- scoring: exact match and token F1 of the short answer ----
+
+def _tokens(text: str) -> list[str]:
+    """SQuAD-style normalisation: lower case, punctuation dropped, split on whitespace."""
+    return re.sub(r"[^\w\s]", " ", text.lower()).split()
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Token F1 between two answers (SQuAD): harmonic mean of token precision and recall, 0 when nothing overlaps."""
+    pred, ref = _tokens(prediction), _tokens(reference)
+    common = sum(min(pred.count(t), ref.count(t)) for t in set(ref))
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def short_answer(generated: str, row: dict[str, Any]) -> str:
+    """The short answer in a generated answer sentence: what follows the reference sentence's words before the
+    value ("Darius Hollowell was born in" -> "Corrin"); when the model left that format, its whole first sentence
+    (so F1 still gives partial credit if the value is in it, and exact match does not)."""
+    first = re.split(r"[.\n]", generated.strip(), maxsplit=1)[0].strip()
+    prefix = row["answer"].rsplit(row["value"], 1)[0].strip()
+    if prefix and _tokens(first)[: len(_tokens(prefix))] == _tokens(prefix):
+        return " ".join(first.split()[len(prefix.split()):])
+    return first
+
+
+def qa_scores(outputs: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Exact match and token F1 of the short answers in `outputs` against each row's `value`, averaged."""
+    if len(outputs) != len(rows) or not rows:
+        raise NoiseError(f"qa_scores: need as many outputs as rows (at least one), got {len(outputs)} and {len(rows)}")
+    shorts = [short_answer(o, r) for o, r in zip(outputs, rows)]
+    em = sum(_tokens(s) == _tokens(r["value"]) for s, r in zip(shorts, rows)) / len(rows)
+    f1 = sum(token_f1(s, r["value"]) for s, r in zip(shorts, rows)) / len(rows)
+    return {"em": em, "f1": f1}
+
+
+def score_qa(model, tokenizer, rows: Sequence[dict[str, Any]], max_new_tokens: int = 12) -> dict[str, float]:
+    """Greedy answers to the rows' questions, scored by `qa_scores`."""
+    outputs = generate(model, tokenizer, [QA_FORMAT.format(question=r["question"]) for r in rows], max_new_tokens,
+                       batch_size=128)
+    return qa_scores(outputs, rows)
+
+
+def trivial_baseline(train_rows: Sequence[dict[str, Any]], test_rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """What a model scores that learned the format but nothing about people: the training set's most common value
+    of the asked attribute, in the right sentence."""
+    from collections import Counter
+
+    common = {a: Counter(r["value"] for r in train_rows if r["attribute"] == a).most_common(1)[0][0]
+              for a in {r["attribute"] for r in train_rows}}
+    outputs = [r["answer"].rsplit(r["value"], 1)[0] + common.get(r["attribute"], "") + "." for r in test_rows]
+    return qa_scores(outputs, test_rows)
+
+
+# ---- training ----
 
 @contextmanager
 def _quiet():
@@ -418,44 +534,53 @@ def _quiet():
 
 @dataclass
 class NoisyRun:
-    """One fine-tuning run of the study: its result row, the tuned model and tokenizer, and the noise record."""
+    """One fine-tuning run of the study: its result row, training-loss curve, the tuned model and tokenizer."""
 
     row: dict[str, Any]
+    curve: list[dict[str, Any]]
     model: Any
     tokenizer: Any
-    record: NoiseRecord
 
 
-def train_noisy(family: str, train_rows: Sequence[dict[str, Any]], test_rows: Sequence[dict[str, Any]], kind: str,
-                rate: float, seed: int, config: StudyConfig = StudyConfig()) -> NoisyRun:
-    """Inject `kind` noise at `rate` into the training rows, fine-tune `family`'s classifier, score on clean test.
+def train_qa(family: str, rows: Sequence[dict[str, Any]], data_seed: int, config: StudyConfig = StudyConfig()):
+    """Fine-tune `family`'s base model on Q/A rows (loss on the answer only) for `config.steps` steps; the data
+    order is drawn with `data_seed`. Returns (model, tokenizer, training-loss curve)."""
+    from transformers import Trainer, set_seed
 
-    The seed fixes the noise draw, the new classification head and the data order, so a noisy run and the clean
-    run with the same seed differ *only* by the noise (what the layer analysis compares).
-    """
+    set_seed(data_seed)
+    with _quiet():
+        model, tok = zoo.load(family)
+    data = tokenize_prompt_completion(tok, [QA_FORMAT.format(question=r["question"]) for r in rows],
+                                      [" " + r["answer"] for r in rows], config.max_length)
+    args = training_args(max_steps=config.steps, per_device_train_batch_size=config.batch_size,
+                         learning_rate=config.learning_rate, warmup_steps=min(5, config.steps // 4),
+                         logging_strategy="steps", logging_steps=config.log_every, seed=data_seed,
+                         data_seed=data_seed)
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=causal_collator(tok),
+                      callbacks=with_finite_guard())
+    with _quiet():  # the Trainer prints a metrics line per run; a hundred runs would bury the notebook's tables
+        trainer.train()
+    curve = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+    return model, tok, curve
+
+
+def train_noisy(family: str, split: QASplit, kind: str, rate: float, seed: int,
+                config: StudyConfig = StudyConfig(), data_seed: int | None = None) -> NoisyRun:
+    """Inject `kind` noise at `rate` (seeded) into the training rows, fine-tune, score on the clean test questions.
+
+    `seed` fixes the noise draw and, unless `data_seed` is given, the data order: a noisy run and the clean run of
+    the same seed differ *only* by the noise (the base weights are the same; no new head is initialised)."""
     import time
 
-    from transformers import set_seed
-
-
-    kwargs = {} if kind == "label" else {"word_rate": config.word_rate}
-    noisy, record = inject(train_rows, kind, rate, seed, **kwargs)
-    set_seed(seed)
-    with _quiet():
-        model, tok = load_classifier(family)
+    data_seed = seed if data_seed is None else data_seed
+    noisy, record = (list(split.train), None) if rate == 0 else inject_qa(split.train, kind, rate, seed, config)
     start = time.process_time()
-    with _quiet():  # the Trainer prints a metrics line per run; dozens of runs would bury the notebook's tables
-        train_classifier(model, tok, noisy, ClassifierConfig(epochs=config.epochs, batch_size=config.batch_size,
-                                                              learning_rate=config.learning_rate,
-                                                              max_length=config.max_length, seed=seed))
-    acc = accuracy(model, tok, list(test_rows), max_length=config.max_length)
-    row = {"family": family, "noise": kind, "rate": rate, "seed": seed, "accuracy": acc,
-           "noisy_rows": len(record.changes), "cpu_s": round(time.process_time() - start, 2)}
-    return NoisyRun(row, model, tok, record)
-
-
-CLEAN = "none"  # the noise type of the clean runs (rate 0), shared by every noise type's curve
-RATES = (0.2, 0.3, 0.4)
+    model, tok, curve = train_qa(family, noisy, data_seed, config)
+    scores = score_qa(model, tok, split.test)
+    row = {"family": family, "noise": kind, "rate": rate, "seed": seed, "data_seed": data_seed, **scores,
+           "noisy_rows": len(record.changes) if record else 0, "final_loss": curve[-1]["loss"] if curve else None,
+           "cpu_s": round(time.process_time() - start, 2)}
+    return NoisyRun(row, curve, model, tok)
 
 
 @dataclass(frozen=True)
@@ -468,127 +593,191 @@ class Run:
     seed: int
 
 
-FULL_GRID = ((CLEAN, 0.0),) + tuple((kind, rate) for kind in NOISE_TYPES for rate in RATES)
-
-
 def plan_runs(families: Sequence[str], seeds: Sequence[int],
               points: Sequence[tuple[str, float]] = FULL_GRID) -> list[Run]:
     """The runs for each family and seed at each (noise type, rate) point; `FULL_GRID` is clean + 3 types x 3 rates.
-
-    Concatenate several plans for a thinner grid, e.g. the full grid for one family and a few points for others.
-    """
-    runs = []
+    The layer analysis adds one clean rerun per family and seed (`RERUN`)."""
     for kind, rate in points:
-        if kind not in NOISE_TYPES + (CLEAN,):
+        if kind not in NOISE_TYPES + (CLEAN, RERUN):
             raise NoiseError(f"plan_runs: unknown noise type {kind!r}; choose from {NOISE_TYPES + (CLEAN,)}")
         check_rate(rate, "plan_runs", error=NoiseError)
-    for family in families:
-        runs += [Run(family, kind, float(rate), seed) for seed in seeds for kind, rate in points]
-    return runs
+    return [Run(family, kind, float(rate), seed) for family in families for seed in seeds for kind, rate in points]
 
 
-def layer_comparisons(runs: Sequence[Run], family: str) -> dict[str, tuple[Run, Run]]:
-    """Which fine-tuned models the layer analysis compares, per family: each noise type at its highest rate vs
-    the clean model of the same seed, and a second clean seed vs the first (the seed-to-seed floor)."""
-    mine = [r for r in runs if r.family == family]
-    clean = sorted(r.seed for r in mine if r.noise == CLEAN)
-    if not clean:
+def layer_comparisons(runs: Sequence[Run], family: str, seed: int) -> dict[str, tuple[Run, Run]]:
+    """Which models the layer analysis compares for one family and seed: each noise type at its highest rate, and
+    the clean rerun (the floor), each against the clean model of the same seed."""
+    mine = [r for r in runs if r.family == family and r.seed == seed]
+    ref = Run(family, CLEAN, 0.0, seed)
+    if ref not in mine:
         return {}
-    ref = Run(family, CLEAN, 0.0, clean[0])
     pairs = {}
     for kind in NOISE_TYPES:
-        rates = [r.rate for r in mine if r.noise == kind and r.seed == ref.seed]
+        rates = [r.rate for r in mine if r.noise == kind]
         if rates:
-            pairs[f"{kind} {max(rates):.0%}"] = (Run(family, kind, max(rates), ref.seed), ref)
-    if len(clean) > 1:
-        pairs["clean, other seed"] = (Run(family, CLEAN, 0.0, clean[1]), ref)
+            pairs[f"{kind} {max(rates):.0%}"] = (Run(family, kind, max(rates), seed), ref)
+    pairs[RERUN] = (Run(family, RERUN, 0.0, seed), ref)
     return pairs
 
 
-def run_study(runs: Sequence[Run], train_rows: Sequence[dict[str, Any]], test_rows: Sequence[dict[str, Any]],
-              config: StudyConfig = StudyConfig(), probe_texts: Sequence[str] = (), max_length: int = 40):
-    """Run the grid (a progress bar counts the runs) and, per family, the layer analysis of `layer_comparisons`.
+def run_study(runs: Sequence[Run], splits: dict[int, QASplit], config: StudyConfig = StudyConfig(),
+              layer_analysis: bool = True):
+    """Run the grid (a progress bar counts the runs) and, per family and seed, the layer analysis.
 
-    Returns (results, layer_rows): one row per run (family, noise, rate, seed, accuracy ...) and one row per
-    compared pair and block (CKA, attention similarity, weight change). Models are dropped once their family
-    is analysed, so memory holds one family's handful of models at a time (it matters for hub models on a GPU).
+    `splits` maps each seed to its `QASplit`. Returns (results, curves, layer_rows): one row per run, one row per
+    logged training step, and one row per compared pair and block (`layers.change_report`). Each (family, seed)
+    keeps only the handful of models it compares, then drops them.
     """
     from tqdm.auto import tqdm
 
-
-    results, layer_rows = [], []
-    families = list(dict.fromkeys(r.family for r in runs))
+    runs = list(runs)
+    for family, seed in dict.fromkeys((r.family, r.seed) for r in runs):
+        if layer_analysis and Run(family, RERUN, 0.0, seed) not in runs:
+            runs.append(Run(family, RERUN, 0.0, seed))
+    missing = sorted({r.seed for r in runs} - set(splits))
+    if missing:
+        raise NoiseError(f"run_study: no data split for seed(s) {missing}")
+    results, curves, layer_rows = [], [], []
     bar = tqdm(total=len(runs), desc="fine-tuning runs", unit="run")
     # Each Trainer run ends with a full garbage collection (accelerate frees memory); with the libraries' many
     # long-lived objects that costs ~0.3-0.6 s per run. Freezing the objects that exist now exempts them.
     gc.freeze()
     try:
-        for family in families:
-            pairs = layer_comparisons(runs, family) if probe_texts else {}
+        for family, seed in dict.fromkeys((r.family, r.seed) for r in runs):
+            pairs = layer_comparisons(runs, family, seed) if layer_analysis else {}
             needed = {run for pair in pairs.values() for run in pair}
             kept, tok = {}, None
-            for run in (r for r in runs if r.family == family):
-                kind = "label" if run.noise == CLEAN else run.noise
-                done = train_noisy(family, train_rows, test_rows, kind, run.rate, run.seed, config)
+            for run in (r for r in runs if r.family == family and r.seed == seed):
+                rerun = run.noise == RERUN
+                done = train_noisy(family, splits[seed], CLEAN if rerun else run.noise, run.rate, seed, config,
+                                   data_seed=seed + config.rerun_offset if rerun else None)
                 row, tok = {**done.row, "noise": run.noise}, done.tokenizer
                 results.append(row)
+                curves += [{"family": family, "noise": run.noise, "rate": run.rate, "seed": seed, **c}
+                           for c in done.curve]
                 if run in needed:
                     kept[run] = done.model
-                bar.set_postfix_str(f"{family} {run.noise} {run.rate:.0%} acc {row['accuracy']:.2f}")
+                bar.set_postfix_str(f"{family} {run.noise} {run.rate:.0%} F1 {row['f1']:.2f}")
                 bar.update()
-            if pairs:
-                for name, (a, b) in pairs.items():
-                    for lrow in layers.layer_report(kept[a], kept[b], tok, probe_texts, max_length):
-                        layer_rows.append({"family": family, "comparison": name, **lrow})
+            probes = [QA_FORMAT.format(question=r["question"]) + " " + r["answer"]
+                      for r in splits[seed].test[: config.n_probe]]
+            for name, (a, b) in pairs.items():
+                for lrow in layers.change_report(kept[a], kept[b], tok, probes, config.max_length):
+                    layer_rows.append({"family": family, "seed": seed, "comparison": name, **lrow})
             kept.clear()
         bar.close()
     finally:
         gc.unfreeze()
-    return results, layer_rows
+    return results, curves, layer_rows
 
+
+# ---- reading the grid ----
 
 def summarise(results) -> "pd.DataFrame":
-    """Mean, spread (std over seeds) and seed count per family x noise x rate, and the drop from clean."""
+    """Mean F1 and exact match, spread (std, min, max over seeds) and seed count per family x noise x rate, and
+    the drop in F1 from clean (clean reruns, the layer floor, are left out)."""
     import pandas as pd
 
     df = pd.DataFrame(results)
-    table = df.groupby(["family", "noise", "rate"]).accuracy.agg(["mean", "std", "min", "max", "count"])
-    clean = df[df.noise == CLEAN].groupby("family").accuracy.mean()
+    df = df[df.noise != RERUN]
+    table = df.groupby(["family", "noise", "rate"]).f1.agg(["mean", "std", "min", "max", "count"])
+    table.insert(0, "em", df.groupby(["family", "noise", "rate"]).em.mean())
+    clean = df[df.noise == CLEAN].groupby("family").f1.mean()
     table["drop"] = clean.reindex(table.index.get_level_values("family")).to_numpy() - table["mean"]
-    return table.rename(columns={"count": "seeds"})
+    return table.rename(columns={"count": "seeds", "mean": "f1"})
 
 
-def plot_accuracy_vs_rate(results, title: str = "test accuracy vs share of noisy training samples"):
-    """One panel per family: accuracy (mean over seeds, bars span min-max) against noise rate, per noise type."""
+def drops_per_seed(results) -> "pd.DataFrame":
+    """Per family, seed, noise type and rate: clean F1 of that seed minus the noisy run's F1 (the paired drop)."""
+    import pandas as pd
+
+    df = pd.DataFrame(results)
+    clean = df[df.noise == CLEAN].set_index(["family", "seed"]).f1
+    noisy = df[df.noise.isin(NOISE_TYPES)].copy()
+    noisy["drop"] = clean.reindex(pd.MultiIndex.from_frame(noisy[["family", "seed"]])).to_numpy() - noisy.f1
+    return noisy[["family", "seed", "noise", "rate", "f1", "drop"]].reset_index(drop=True)
+
+
+def accuracy_findings(results, small_rate: float = 0.2) -> dict[str, dict[Any, float]]:
+    """The per-seed numbers behind the lesson's accuracy claims, keyed by what each measures:
+
+    - `label cost over input noise (<family>)`: F1 drop at 40 % label noise minus the mean drop of typo and
+      grammar noise at 40 %, per seed;
+    - `input-noise cost`: mean F1 drop of typo and grammar noise over 20-40 % and the families, per seed;
+    - `regulariser gain`: F1 of typo and grammar noise at `small_rate` minus clean, mean over types and families.
+    """
+    d = drops_per_seed(results)
+    out: dict[str, dict[Any, float]] = {}
+    for family in dict.fromkeys(d.family):
+        f = d[(d.family == family) & (d.rate == 0.4)].pivot(index="seed", columns="noise", values="drop")
+        out[f"label cost over input noise ({family})"] = (f["label"] - f[["typo", "grammar"]].mean(axis=1)).to_dict()
+    inputs = d[d.noise.isin(["typo", "grammar"])]
+    out["input-noise cost"] = inputs.groupby("seed")["drop"].mean().to_dict()
+    out["regulariser gain"] = (-inputs[inputs.rate == small_rate].groupby("seed")["drop"].mean()).to_dict()
+    return out
+
+
+def plot_f1_vs_rate(results, baseline: float | None = None,
+                    title: str = "test F1 vs share of noisy training samples"):
+    """One panel per family: F1 (mean over seeds, bars span min-max) against noise rate, per noise type; the
+    trivial baseline as a dotted line."""
     import matplotlib.pyplot as plt
     import pandas as pd
 
     df = pd.DataFrame(results)
+    df = df[df.noise != RERUN]
     families = list(dict.fromkeys(df.family))
     fig, axes = plt.subplots(1, len(families), figsize=(4.2 * len(families), 3.3), sharey=True, squeeze=False)
-    colours = {"label": "tab:red", "grammar": "tab:blue", "typo": "tab:green"}
     for ax, family in zip(axes[0], families):
         fam = df[df.family == family]
-        clean = fam[fam.noise == CLEAN].accuracy
+        clean = fam[fam.noise == CLEAN].f1
         for kind in NOISE_TYPES:
-            part = fam[fam.noise == kind].groupby("rate").accuracy
+            part = fam[fam.noise == kind].groupby("rate").f1
             if not len(part):
                 continue
             stats = pd.concat([pd.DataFrame({"mean": [clean.mean()], "min": [clean.min()], "max": [clean.max()]},
                                             index=[0.0]), part.agg(["mean", "min", "max"])])
-            ax.errorbar(stats.index * 100, stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-                        marker="o", capsize=3, color=colours[kind], label=kind)
-        ax.axhline(0.5, color="grey", ls=":", lw=1)
+            ax.errorbar(stats.index * 100, stats["mean"],
+                        yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+                        marker="o", capsize=3, color=layers.COLOURS[kind], label=kind)
+        if baseline is not None:
+            ax.axhline(baseline, color="grey", ls=":", lw=1, label="trivial baseline")
+        ax.set_ylim(0, 1.0)
         ax.set_title(family)
         ax.set_xlabel("noisy training samples (%)")
-    axes[0][0].set_ylabel("test accuracy (clean test set)")
+    axes[0][0].set_ylabel("test F1 (clean test questions)")
     axes[0][0].legend(loc="lower left", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def explorer(results, train_rows: Sequence[dict[str, Any]], config: StudyConfig = StudyConfig(), n_examples: int = 4):
+def plot_learning_curves(curves, rate: float = 0.4):
+    """Training loss against step, one panel per family: clean and each noise type at `rate` (mean over seeds).
+    Label noise keeps the loss high: a share of the answers cannot be predicted from the question."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.DataFrame(curves)
+    families = list(dict.fromkeys(df.family))
+    fig, axes = plt.subplots(1, len(families), figsize=(4.2 * len(families), 3.0), sharey=True, squeeze=False)
+    for ax, family in zip(axes[0], families):
+        fam = df[df.family == family]
+        for kind, colour in ((CLEAN, "black"), *layers.COLOURS.items()):
+            part = fam[(fam.noise == kind) & (fam.rate == (0.0 if kind == CLEAN else rate))]
+            if len(part):
+                mean = part.groupby("step").loss.mean()
+                ax.plot(mean.index, mean.values, color=colour, label=kind if kind != CLEAN else "clean")
+        ax.set_yscale("log")
+        ax.set_title(family)
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel("training loss per answer token")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def explorer(results, rows: Sequence[dict[str, Any]], config: StudyConfig = StudyConfig(), n_examples: int = 4):
     """An ipywidgets control: pick family, noise type and rate; see noisy training examples and the family's curves."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
@@ -602,55 +791,15 @@ def explorer(results, train_rows: Sequence[dict[str, Any]], config: StudyConfig 
 
     def show(family, kind, rate):
         r = float(rate.rstrip("%")) / 100
-        kwargs = {} if kind == "label" else {"word_rate": config.word_rate}
-        noisy, record = inject(train_rows, kind, r, seed=0, **kwargs)
-        shown = [{"before": train_rows[i]["text"] + f"  [label {train_rows[i]['label']}]",
-                  "after": noisy[i]["text"] + f"  [label {noisy[i]['label']}]"} for i in record.changed[:n_examples]]
+        noisy, record = inject_qa(rows, kind, r, 0, config)
+        shown = [{"before": f"{rows[i]['question']} -> {rows[i]['answer']}",
+                  "after": f"{noisy[i]['question']} -> {noisy[i]['answer']}"} for i in record.changed[:n_examples]]
         display(pd.DataFrame(shown).style.set_properties(**{"text-align": "left"}))
-        fig = plot_accuracy_vs_rate(df[df.family == family], title=f"{family}: {kind} noise at {rate} marked")
-        ax = fig.axes[0]
-        cell = df[(df.family == family) & (df.noise == kind) & (df.rate == r)].accuracy
+        fig = plot_f1_vs_rate(df[df.family == family], title=f"{family}: {kind} noise at {rate} marked")
+        cell = df[(df.family == family) & (df.noise == kind) & (df.rate == r)].f1
         if len(cell):
-            ax.plot([r * 100], [cell.mean()], marker="*", ms=16, color="black", zorder=5)
-        else:
-            ax.text(r * 100, 0.55, "not in this grid", ha="center", fontsize=8)
+            fig.axes[0].plot([r * 100], [cell.mean()], marker="*", ms=16, color="black", zorder=5)
         plt.show()
 
     out = widgets.interactive_output(show, {"family": family, "kind": kind, "rate": rate})
     return widgets.VBox([widgets.HBox([family, kind, rate]), out])
-
-
-def accuracy_findings(results, drop_40: float = 0.15, label_gap: float = 0.1,
-                      small_margin: float = 0.06) -> dict[str, bool]:
-    """The lesson's accuracy claims, each evaluated on the measured runs (only where the grid has the cells).
-
-    - 40 % label noise: mean accuracy more than `drop_40` below clean, and no seed reaching the worst clean seed;
-    - at 30 % and 40 %: label noise below typo and grammar noise by more than `label_gap`, with no overlap of seeds;
-    - typo and grammar noise at 20 %: mean accuracy within `small_margin` of clean.
-    """
-    import pandas as pd
-
-    df = pd.DataFrame(results)
-
-    def cell(family, noise, rate):
-        return df[(df.family == family) & (df.noise == noise) & (df.rate == rate)].accuracy
-
-    checks = {}
-    for family in dict.fromkeys(df.family):
-        clean, label40 = cell(family, CLEAN, 0.0), cell(family, "label", 0.4)
-        if len(clean) and len(label40):
-            checks[f"{family}: 40 % label noise drops accuracy clearly below clean"] = bool(
-                label40.mean() < clean.mean() - drop_40 and label40.max() < clean.min())
-        for rate in (0.3, 0.4):
-            label = cell(family, "label", rate)
-            for kind in ("typo", "grammar"):
-                other = cell(family, kind, rate)
-                if len(label) and len(other):
-                    checks[f"{family}: at {rate:.0%} label noise costs more than {kind} noise"] = bool(
-                        label.mean() < other.mean() - label_gap and label.max() < other.min())
-        for kind in ("typo", "grammar"):
-            other = cell(family, kind, 0.2)
-            if len(other) and len(clean):
-                checks[f"{family}: {kind} noise at 20 % stays within {small_margin} of clean"] = bool(
-                    other.mean() > clean.mean() - small_margin)
-    return checks

@@ -127,3 +127,34 @@ def test_upper_vs_lower():
     assert L.upper_vs_lower([1, 9, 3]) == (1.0, 3.0)
     with pytest.raises(L.LayerError):
         L.upper_vs_lower([1.0])
+
+
+@pytest.mark.parametrize("family", zoo.FAMILIES)
+def test_change_report_is_zero_against_itself_and_shows_the_top_block(models, tokenizer, family):
+    model, tuned = models[family]
+    for row in L.change_report(model, copy.deepcopy(model), tokenizer, PROBE):
+        assert row["hidden"] == pytest.approx(0, abs=1e-6) and row["attention"] == pytest.approx(0, abs=1e-6)
+        assert row["weights"] == pytest.approx(0, abs=1e-6)
+    report = L.change_report(tuned, model, tokenizer, PROBE)
+    assert all(r["weights"] == pytest.approx(0, abs=1e-9) and r["hidden"] == pytest.approx(0, abs=1e-6)
+               for r in report[:-1])
+    assert report[-1]["weights"] > 1e-3 and report[-1]["hidden"] > 1e-3 and report[-1]["attention"] > 1e-4
+
+
+def _rows(comparison, values, seed=0):
+    return [{"family": "gpt2", "seed": seed, "comparison": comparison, "layer": i + 1,
+             "hidden": v, "attention": v / 2, "weights": v} for i, v in enumerate(values)]
+
+
+def test_against_floor_and_findings():
+    rows = _rows("floor", [0.01, 0.01, 0.02, 0.02]) + _rows("label 40%", [0.01, 0.02, 0.08, 0.08])
+    ratios = L.against_floor(rows, "floor")
+    assert ratios.hidden.tolist() == pytest.approx([1, 2, 4, 4]) and set(ratios.comparison) == {"label 40%"}
+    found = L.layer_findings(ratios, "label 40%").iloc[0]
+    assert found["upper / lower"] == pytest.approx(4 / 2 ** 0.5)
+    assert found["hidden vs floor"] == pytest.approx((1 * 2 * 4 * 4) ** 0.25)
+    assert found["hidden / attention"] == pytest.approx(1.0)  # attention moved as much, relative to its floor
+    with pytest.raises(L.LayerError, match="floor"):
+        L.against_floor(rows, "nothing")
+    with pytest.raises(L.LayerError, match="no rows"):
+        L.layer_findings(ratios, "typo 40%")

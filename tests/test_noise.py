@@ -142,3 +142,79 @@ def test_empty_data_and_unknown_kind_are_refused(kind):
 def test_a_single_label_cannot_be_flipped():
     with pytest.raises(N.NoiseError, match="two valid labels"):
         N.flip_labels([{"label": 1}] * 4, 0.5)
+
+
+# --- the QA study -----------------------------------------------------------------------------------------------
+
+QA = W.qa_pairs(W.make_world())
+
+
+def test_qa_split_is_by_person_and_sized():
+    config = N.StudyConfig()
+    split = N.qa_study_data(QA, config, seed=0)
+    assert (len(split.train), len(split.val), len(split.test)) == (config.n_train, config.n_val, config.n_test)
+    people = [{r["person"] for r in part} for part in (split.train, split.val, split.test)]
+    assert not (people[0] & people[1] or people[0] & people[2] or people[1] & people[2])
+    assert all(r["split"] == "seen" for r in split.train + split.val + split.test)
+    assert N.qa_study_data(QA, config, seed=1).test != split.test
+    with pytest.raises(N.NoiseError, match="asked for"):
+        N.qa_study_data(QA, N.StudyConfig(n_train=5000), seed=0)
+
+
+def test_qa_noise_touches_the_answer_for_labels_and_the_question_otherwise():
+    rows = N.qa_study_data(QA, N.StudyConfig(), seed=0).train
+    noisy, record = N.inject_qa(rows, "label", 0.4, seed=1)
+    assert len(record.changes) == 128 and all(noisy[i]["question"] == rows[i]["question"] for i in range(len(rows)))
+    for kind in ("grammar", "typo"):
+        noisy, record = N.inject_qa(rows, kind, 0.3, seed=1)
+        assert len(record.chosen) == 96 and len(record.changes) >= 90
+        assert all(a["answer"] == b["answer"] and a["value"] == b["value"] for a, b in zip(noisy, rows))
+        assert sum(a["question"] != b["question"] for a, b in zip(noisy, rows)) == len(record.changes)
+    with pytest.raises(N.NoiseError, match="unknown noise type"):
+        N.inject_qa(rows, "emoji", 0.2, 0)
+
+
+def test_short_answers_and_scores():
+    row = {"answer": "Darius Hollowell was born in Corrin.", "value": "Corrin"}
+    assert N.short_answer("Darius Hollowell was born in Corrin. Darius", row) == "Corrin"
+    assert N.short_answer("Darius Hollowell was born in Morwick.", row) == "Morwick"
+    assert N.short_answer("Mira Stroud likes Corrin.", row) == "Mira Stroud likes Corrin"
+    assert N.token_f1("Corrin", "Corrin") == 1.0 and N.token_f1("Morwick", "Corrin") == 0.0
+    assert N.token_f1("the Corrin", "Corrin") == pytest.approx(2 / 3)
+    scores = N.qa_scores(["Darius Hollowell was born in Corrin.", "Mira Stroud likes Corrin."], [row, row])
+    assert scores["em"] == 0.5 and scores["f1"] == pytest.approx(0.5 + 0.5 * 2 * (1 / 4) / (1 + 1 / 4))
+    with pytest.raises(N.NoiseError, match="as many outputs"):
+        N.qa_scores(["a"], [])
+
+
+def test_trivial_baseline_answers_the_common_value():
+    split = N.qa_study_data(QA, N.StudyConfig(), seed=0)
+    base = N.trivial_baseline(split.train, split.test)
+    assert base["em"] == base["f1"] and 0.0 < base["em"] < 0.3  # 12 values per attribute: about 1 in 12
+
+
+def test_plan_and_layer_comparisons():
+    runs = N.plan_runs(["gpt2"], [0, 1])
+    assert len(runs) == 2 * 10 and N.Run("gpt2", "label", 0.4, 1) in runs
+    pairs = N.layer_comparisons(runs, "gpt2", 1)
+    assert pairs["label 40%"] == (N.Run("gpt2", "label", 0.4, 1), N.Run("gpt2", N.CLEAN, 0.0, 1))
+    assert pairs[N.RERUN] == (N.Run("gpt2", N.RERUN, 0.0, 1), N.Run("gpt2", N.CLEAN, 0.0, 1))
+    with pytest.raises(N.NoiseError, match="unknown noise type"):
+        N.plan_runs(["gpt2"], [0], points=[("emoji", 0.2)])
+
+
+def test_findings_are_paired_by_seed():
+    rows = []
+    for seed, clean in ((0, 0.8), (1, 0.6)):
+        rows.append({"family": "gpt2", "seed": seed, "noise": N.CLEAN, "rate": 0.0, "f1": clean, "em": clean})
+        rows.append({"family": "gpt2", "seed": seed, "noise": N.RERUN, "rate": 0.0, "f1": 0.0, "em": 0.0})
+        for kind, rate in N.FULL_GRID[1:]:
+            cost = {"label": 0.5, "grammar": 0.1, "typo": -0.1}[kind] * rate
+            rows.append({"family": "gpt2", "seed": seed, "noise": kind, "rate": rate, "f1": clean - cost, "em": 0})
+    found = N.accuracy_findings(rows)
+    assert found["label cost over input noise (gpt2)"] == pytest.approx({0: 0.2, 1: 0.2})
+    assert found["input-noise cost"] == pytest.approx({0: 0.0, 1: 0.0})
+    assert found["regulariser gain"] == pytest.approx({0: 0.0, 1: 0.0})
+    summary = N.summarise(rows)
+    assert N.RERUN not in summary.index.get_level_values("noise")
+    assert summary.loc[("gpt2", "label", 0.4), "drop"] == pytest.approx(0.2)
