@@ -25,8 +25,8 @@ def test_linker_links_first_plain_mention_only(tmp_path):
     assert done == {"LoRA": "01_x.ipynb", "EWC": "01_x.ipynb"}
     cells = nbformat.read(path, as_version=4).cells
     assert cells[0].source.startswith("# LoRA in a heading")  # headings, code spans and links untouched
-    assert cells[1].source == ("Then [LoRA](../docs/GLOSSARY.md#lora) in text, and LoRA again; "
-                               "[EWCs](../docs/GLOSSARY.md#ewc) too.")
+    assert cells[1].source == ("Then [LoRA](https://github.com/finetuning-course/llm-finetuning-course/blob/main/docs/GLOSSARY.md#lora) in text, and LoRA again; "
+                               "[EWCs](https://github.com/finetuning-course/llm-finetuning-course/blob/main/docs/GLOSSARY.md#ewc) too.")
     assert cells[2].source == "LoRA = 1"
     assert G.link_first_uses([path], gloss, write=False) == {}  # idempotent
 

@@ -184,3 +184,12 @@ def test_widgets_are_ones_colab_renders():
     texts = [p.read_text() for p in PACKAGE_DIR.rglob("*.py")] + [p.read_text() for p in ALL]
     used = {m for t in texts for m in re.findall(r"\b(?:w|widgets)\.([A-Z][A-Za-z]+)\b", t)}
     assert used <= COLAB_SAFE_WIDGETS, f"widgets Colab's ipywidgets 7.7 may not render: {sorted(used - COLAB_SAFE_WIDGETS)}"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
+def test_runtimes_come_from_the_benchmark_not_the_header(path):
+    """One source for runtimes: a lesson's header points at the course map that `course run --write` fills in."""
+    header = [line for c in cells(path) if c["cell_type"] == "markdown" for line in source(c).splitlines()
+              if "**Runtime:**" in line]
+    assert header and all(not re.search(r"\b\d+ s\b", line) for line in header), \
+        f"{path.name}: the header types a runtime {header}; say 'see the course map in the README'"

@@ -11,12 +11,14 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from course_utils.paths import REPO_DIR
+from course_utils.paths import REPO_DIR, REPO_URL
 from course_utils.tools.runner import lesson_notebooks
 
 
 GLOSSARY = REPO_DIR / "docs" / "GLOSSARY.md"
-LINK_PREFIX = "../docs/GLOSSARY.md#"
+# Absolute, so the link resolves on Colab (where ../docs does not exist) and on GitHub; `course fork` rewrites it
+# with the other addresses, and `course site` points it at the site's own glossary page.
+LINK_PREFIX = f"{REPO_URL}/blob/main/docs/GLOSSARY.md#"
 # Phrases where a term's words mean something else ("centred kernel alignment" is CKA, not model alignment).
 NOT_A_MENTION = {"Alignment": ("kernel alignment",)}
 
@@ -59,7 +61,8 @@ def link_first_uses(notebooks: Sequence[Path] | None = None, glossary: Path = GL
         target = LINK_PREFIX + anchor(term)
         if any(target in c.source for _, nb in books for c in nb.cells if c.cell_type == "markdown"):
             continue
-        words = re.escape(match_text(term)).replace(r"\ ", r"[\s\-]")  # "Constitutional-AI" is a mention too
+        # "Constitutional-AI" is a mention of "Constitutional AI", and "near duplicates" of "Near-duplicate"
+        words = re.sub(r"\\[ \-]", lambda _: r"[\s\-]", re.escape(match_text(term)))
         pattern = re.compile(rf"(?<![\w\-\[]){words}(?:s|es)?(?![\w\-])", re.IGNORECASE)
         for path, nb in books:
             for cell in nb.cells:

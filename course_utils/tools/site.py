@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from course_utils.errors import CourseError
-from course_utils.paths import NOTEBOOKS_DIR, REPO_DIR, RUNS_DIR
+from course_utils.paths import NOTEBOOKS_DIR, REPO_DIR, REPO_URL, RUNS_DIR
 from course_utils.results import load_results, results_dir, saved_lessons
 from course_utils.tools.report import lesson_title, scoreboard_rows
 from course_utils.tools.runner import lesson_notebooks
@@ -55,6 +55,7 @@ def copy_notebook_for_site(source: Path, target: Path) -> None:
     for cell in nb["cells"]:
         if cell.get("cell_type") == "markdown":
             text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            text = text.replace(f"]({REPO_URL}/blob/main/docs/", "](../docs/")  # the site's own glossary page
             cell["source"] = RELATIVE_PAGE_LINK.sub(r"](\1.html\2)", text)
     target.write_text(json.dumps(nb, ensure_ascii=False), encoding="utf-8")
 
