@@ -120,13 +120,18 @@ def _values(claim: Claim, measured: Mapping[str, Mapping[Any, float]]) -> dict[A
             raise ClaimError(f"verdicts: claim {claim.name!r}, seed {seed}: value {value!r} is not a number")
         value = float(value)
         if not math.isfinite(value):
+            if rehearsal():  # stand-ins that learn nothing leave some measures undefined; shown, never asserted
+                continue
             raise ClaimError(f"verdicts: claim {claim.name!r}, seed {seed}: value is {value} (not finite)")
         out[seed] = value
     return out
 
 
 def verdict_of(held: int, n: int) -> str:
-    """'held' when the test held in every seed, 'not reproduced' in none, 'mixed' otherwise."""
+    """'held' when the test held in every seed, 'not reproduced' in none, 'mixed' otherwise ('not measured' when no
+    seed gave a finite value, which only a rehearsal allows)."""
+    if n == 0:
+        return "not measured"
     return "held" if held == n else "not reproduced" if held == 0 else "mixed"
 
 
@@ -136,7 +141,7 @@ def verdicts(claims: Sequence[Claim], measured: Mapping[str, Mapping[Any, float]
     for c in claims:
         values = _values(c, measured)
         held = sum(c.holds_in(v) for v in values.values())
-        mean, low, high = t_interval(list(values.values()))
+        mean, low, high = t_interval(list(values.values())) if values else (math.nan, math.nan, math.nan)
         rows.append({"claim": c.name, "per-seed test": c.test, "we expect": c.expect,
                      "values": {str(s): round(v, 4) for s, v in values.items()},
                      "mean": mean, "95% low": low, "95% high": high,

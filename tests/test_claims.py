@@ -100,3 +100,17 @@ def test_records_and_measured_table_are_plain_and_readable():
     assert shown.loc["gap", "verdict"] == "held" and "[" in shown.loc["gap", "our mean [95% interval]"]
     one = C.verdicts([claim()], {"gap": {0: 0.2}})
     assert math.isnan(one.loc["gap", "95% low"]) and C.records(one)[0]["95% low"] is None
+
+
+def test_a_rehearsal_shows_undefined_measures_as_not_measured(monkeypatch):
+    import math
+
+    from course_utils import claims as C
+
+    claim = C.Claim("x", "says", "", "m", ">", 0.0)
+    monkeypatch.setenv("COURSE_REHEARSAL", "1")
+    table = C.verdicts([claim], {"x": {0: math.nan}})
+    assert table.loc["x", "verdict"] == "not measured"
+    monkeypatch.setenv("COURSE_REHEARSAL", "0")
+    with pytest.raises(C.ClaimError, match="not finite"):
+        C.verdicts([claim], {"x": {0: math.nan}})
