@@ -208,42 +208,7 @@ def upper_vs_lower(values: Sequence[float]) -> tuple[float, float]:
     return float(np.mean(values[:half])), float(np.mean(values[n - half:]))
 
 
-MEASURES = {"cka": "CKA of hidden states (1 = same)", "attention_sim": "attention-map similarity (1 = same)",
-            "weight_change": "relative weight change"}
-
-
 COLOURS = {"label": "tab:red", "grammar": "tab:blue", "typo": "tab:green"}  # as in noise.plot_f1_vs_rate
-
-
-def plot_layer_profiles(layer_rows, measures: Sequence[str] = tuple(MEASURES)):
-    """A grid of panels: one row per measure, one column per family; one line per compared pair of models."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    df = pd.DataFrame(layer_rows)
-    if df.empty:
-        raise LayerError("plot_layer_profiles: no layer rows to plot")
-    families = list(dict.fromkeys(df.family))
-    fig, axes = plt.subplots(len(measures), len(families), figsize=(3.8 * len(families), 2.6 * len(measures)),
-                             sharex=True, squeeze=False)
-    for j, family in enumerate(families):
-        fam = df[df.family == family]
-        for i, measure in enumerate(measures):
-            ax = axes[i][j]
-            for name, part in fam.groupby("comparison", sort=False):
-                colour = next((c for k, c in COLOURS.items() if name.startswith(k)), None)
-                style = dict(ls="--", color="grey") if name.startswith("clean") else dict(marker="o", color=colour)
-                ax.plot(part.layer, part[measure], label=name, **style)
-            if i == 0:
-                ax.set_title(family)
-            if j == 0:
-                ax.set_ylabel(MEASURES.get(measure, measure), fontsize=8)
-            if i == len(measures) - 1:
-                ax.set_xlabel("block (1 = lowest)")
-            ax.set_xticks(sorted(fam.layer.unique()))
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
 
 
 # ---------------------------------------------------------------------------------------------------------------
