@@ -147,3 +147,11 @@ def test_doctor_checks_the_kernel_and_the_widget_extension():
 
     assert kernel_check()[0], kernel_check()[1]
     assert widgets_check()[0], widgets_check()[1]
+
+
+def test_solutions_run_right_after_their_lesson():
+    from course_utils.tools.runner import is_solutions, with_solutions
+
+    order = [p.stem for p in with_solutions(lesson_notebooks(["05", "06"]))]
+    assert order == ["05_overfitting", "05_solutions", "06_what_finetuning_changes", "06_solutions"]
+    assert is_solutions("05_solutions") and not is_solutions("05_overfitting")

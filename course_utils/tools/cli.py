@@ -33,7 +33,7 @@ from course_utils.tools.report import write_report
 from course_utils.tools.coursemap import update_course_map
 from course_utils.tools.fork import retarget
 from course_utils.tools.site import broken_links, build_site
-from course_utils.tools.runner import format_table, lesson_notebooks, run_lessons
+from course_utils.tools.runner import format_table, is_solutions, lesson_notebooks, run_lessons
 from course_utils.tools.standins import rehearsal_env, write_standins
 from course_utils.world import DATA_FILES
 from course_utils.zoo import FAMILIES, check_family, check_folder
@@ -177,11 +177,13 @@ def cmd_build(args) -> int:
 
 
 def cmd_run(args) -> int:
-    results, out_dir = run_lessons(args.lessons, write=args.write, keep_going=args.keep_going)
+    results, out_dir = run_lessons(args.lessons, write=args.write, keep_going=args.keep_going,
+                                   solutions=args.solutions)
     print(format_table(results))
     print(f"executed notebooks and benchmark.json in {out_dir.resolve()}")
     if args.write:  # the course map and the workshop guide take their runtimes from this measurement only
-        for path in update_course_map({r.lesson: vars(r) for r in results if r.passed}):
+        lessons = {r.lesson: vars(r) for r in results if r.passed and not is_solutions(r.lesson)}
+        for path in update_course_map(lessons):
             print(f"updated the runtimes in {path.resolve()}")
     failed = [r for r in results if not r.passed]
     for r in failed:
@@ -276,6 +278,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("lessons", nargs="*", help="lesson numbers or names (default: all)")
     r.add_argument("--write", action="store_true", help="store the fresh outputs in the committed notebooks")
     r.add_argument("--keep-going", action="store_true", help="run the remaining lessons after a failure")
+    r.add_argument("--solutions", action="store_true", help="run each lesson's solutions notebook after it "
+                   "(stored too, with --write)")
     r.set_defaults(func=cmd_run)
     st = sub.add_parser("standins", help="write offline stand-ins of the gpu profile's hub checkpoints")
     st.add_argument("dir", help="the folder to use as HF_HOME")

@@ -386,8 +386,23 @@ def _run_one(path: Path, env: Mapping[str, str], kernel_log: Path | None = None)
         return LessonResult(path.stem, 0.0, 0.0, False, str(err)), None
 
 
+def with_solutions(lessons: Sequence[Path]) -> list[Path]:
+    """Each lesson followed by its solutions notebook (`notebooks/solutions/NN_solutions.ipynb`) where it has one:
+    the order in which a solutions notebook finds the results its lesson saved."""
+    out = []
+    for path in lessons:
+        solution = path.parent / "solutions" / f"{path.stem[:2]}_solutions.ipynb"
+        out += [path, solution] if solution.is_file() else [path]
+    return out
+
+
+def is_solutions(lesson: str) -> bool:
+    """Whether a benchmark row is a solutions notebook (not a lesson: no course-map runtime of its own)."""
+    return lesson.endswith("_solutions")
+
+
 def run_lessons(selected: Sequence[str] = (), write: bool = False, runs_dir: Path | None = None,
-                keep_going: bool = False, environ: Mapping[str, str] | None = None
+                keep_going: bool = False, environ: Mapping[str, str] | None = None, solutions: bool = False
                 ) -> tuple[list[LessonResult], Path]:
     """Run lessons in order with a progress bar; save executed copies and the table under runs/run-<timestamp>/.
 
@@ -395,12 +410,14 @@ def run_lessons(selected: Sequence[str] = (), write: bool = False, runs_dir: Pat
     read is a failed lesson naming the file. With `write`, the executed notebooks replace the committed ones, so
     a reader on GitHub sees the cpu-profile tables and plots. benchmark.json is rewritten after every lesson, so
     Ctrl-C loses only the lesson it interrupted: it ends in one line and `RunInterrupted` (exit code 130).
-    `environ` adds variables to the kernels' environment (a gpu rehearsal's, for example).
+    `environ` adds variables to the kernels' environment (a gpu rehearsal's, for example). With `solutions`,
+    each lesson's solutions notebook runs right after it (and is stored too, with `write`).
     """
     from tqdm.auto import tqdm
 
     runs_dir = Path(RUNS_DIR if runs_dir is None else runs_dir)
     notebooks = lesson_notebooks(selected)
+    notebooks = with_solutions(notebooks) if solutions else notebooks
     out_dir = new_run_dir(runs_dir)
     (out_dir / "executed").mkdir()
     env = {**kernel_env(runs_dir), **(environ or {})}
