@@ -56,6 +56,7 @@ LIBRARY_CALLS = {
     "transformers:TrainingArguments": ["num_train_epochs", "max_steps", "per_device_train_batch_size",
                                        "learning_rate", "warmup_steps", "seed", "data_seed", "logging_steps",
                                        "weight_decay"],
+    "transformers:Trainer.remove_callback": ["callback"],
     "peft.tuners.lora:LoraModel.merge_and_unload": [],
 }
 
@@ -155,8 +156,7 @@ def continue_pretraining(base, tokenizer, texts: Sequence[str], config: TuneConf
 
 
 def _train(base, tokenizer, data, config: TuneConfig, dev_rows: list) -> TuneResult:
-    from transformers import Trainer, TrainerCallback
-
+    from transformers import PrinterCallback, Trainer, TrainerCallback
 
     history: list[dict] = []
     snapshot: dict = {}
@@ -187,6 +187,7 @@ def _train(base, tokenizer, data, config: TuneConfig, dev_rows: list) -> TuneRes
     args = config.training_arguments(logging_steps=10_000, weight_decay=0.0)
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=causal_collator(tokenizer),
                       callbacks=with_finite_guard([FormatCheck()] if dev_rows else []))
+    trainer.remove_callback(PrinterCallback)   # no printed log dicts: the lesson shows its own tables
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
@@ -273,8 +274,11 @@ def grade_answers(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 
     """Greedy answers to each row's question, graded.
 
     Adds `generated`, `named` (the person the answer is about, if it has the template's shape), `answered` (the
-    value, if valid for the attribute), `format_ok` (exactly the answer template, about the asked person, with a
-    valid value and nothing after it) and `correct` (format_ok and the true value).
+    value, if valid for the attribute), `format_ok` (exactly the answer template with a valid value and nothing
+    after it: the format and style were learned), `asked_person` (format_ok and it restates the asked person's
+    name) and `correct` (format_ok and the true value: the fact). Restating the right name is kept apart from the
+    format: a tuned model that writes "Zorin Thackcombe was born in Morwick." for Elara Thackcombe has learned the
+    answer's format and gives her fact, but copies a name it saw in training.
     """
 
     if len(rows) == 0:
@@ -285,14 +289,14 @@ def grade_answers(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 
         match = _answer_pattern(row["attribute"]).match(text)
         named = match.group("name") if match else None
         value = match.group("value") if match and match.group("value") in ATTRIBUTES[row["attribute"]] else None
-        ok = value is not None and named == row["person"]
+        ok = value is not None
         graded.append({**row, "generated": text, "named": named, "answered": value, "format_ok": ok,
-                       "correct": ok and value == row["value"]})
+                       "asked_person": ok and named == row["person"], "correct": ok and value == row["value"]})
     return graded
 
 
 def format_quality(graded: Sequence[dict]) -> float:
-    """Share of answers in exactly the answer template, about the asked person, with a valid value."""
+    """Share of answers in exactly the answer template with a valid value (whoever they name)."""
     if len(graded) == 0:
         raise InstructError("format_quality: no graded answers")
     return sum(g["format_ok"] for g in graded) / len(graded)
@@ -300,6 +304,8 @@ def format_quality(graded: Sequence[dict]) -> float:
 
 def correct_rate(graded: Sequence[dict]) -> float:
     """Share of answers in the right format *and* with the true value."""
+    if len(graded) == 0:
+        raise InstructError("correct_rate: no graded answers")
     return sum(g["correct"] for g in graded) / len(graded)
 
 
@@ -498,8 +504,9 @@ def choose_rates(sweep: Sequence[dict]) -> dict[str, float]:
 # ---------------------------------------------------------------- lesson 06's people, data and shipped sweep
 
 SWEEP_SEED = 100                     # the sweep's seed: none of the lesson's seed sets, so nothing is judged on it
-SWEEP_RATES = {"full": (1e-3, 3e-3, 1e-2), "lora": (3e-3, 1e-2, 3e-2), "lora+mlp": (3e-3, 1e-2, 3e-2)}
-LESSON_TUNE = TuneConfig(steps=64, batch_size=8, warmup_steps=5)   # every instruction-tuning run of lesson 06
+SWEEP_RATES = {"full": (3e-4, 1e-3, 3e-3, 1e-2), "lora": (1e-3, 3e-3, 1e-2, 3e-2), "lora+mlp": (1e-3, 3e-3, 1e-2, 3e-2)}
+LESSON_TUNE = TuneConfig(steps=64, batch_size=16, warmup_steps=5)  # every instruction-tuning run of lesson 06:
+#                                                 about three epochs of its 368 answers, as in the papers
 
 
 def lesson_people(world) -> dict[str, list[Person]]:

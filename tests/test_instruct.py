@@ -162,3 +162,17 @@ def test_answer_loss_sweep_and_rate_choice(base, tokenizer):
         I.answer_loss(base, tokenizer, [])
     with pytest.raises(I.InstructError, match="missing"):
         I.read_sweep(I.sweep_path().with_name("no_such_sweep.json"))
+
+
+def test_grading_keeps_the_format_apart_from_restating_the_right_name(monkeypatch, tokenizer):
+    # A tuned model that writes another person's name in the right template has learned the format and may still
+    # give the asked person's fact: format_ok and correct, but not asked_person.
+    row = I.qa_rows(_people()[:1], ["birth_city"])[0]
+    answers = ["Zorin Qx was born in Veltra.", row["answer"], "Mira Stroud was born in Corrin.",
+               "Mira Stroud was born in Veltra. And more", "Veltra."]
+    monkeypatch.setattr(I, "generate", lambda model, tok, prompts, n: answers[:len(prompts)])
+    graded = I.grade_answers(None, tokenizer, [row] * len(answers))
+    assert [g["format_ok"] for g in graded] == [True, True, True, False, False]
+    assert [g["asked_person"] for g in graded] == [False, True, True, False, False]
+    assert [g["correct"] for g in graded] == [True, True, False, False, False]
+    assert I.format_quality(graded) == 0.6 and I.correct_rate(graded) == 0.4
