@@ -87,3 +87,12 @@ def test_runtimes_are_written_from_the_benchmark_into_every_runtime_column():
     guide = "| lesson | CPU runtime | x |\n|---|---|---|\n| 05 overfitting | 25 s | a |"
     assert "| 05 overfitting | 69 s (120 s CPU) | a |" in set_runtime_column(guide, "CPU runtime", {
         "05_overfitting": "69 s (120 s CPU)"})
+
+
+def test_solutions_runtimes_go_to_their_own_column(tmp_path):
+    from course_utils.tools.coursemap import update_course_map
+
+    (tmp_path / "README.md").write_text("| # | runtime on 2 CPU cores | solutions |\n|---|---|---|\n| 05 | ? | ? |\n")
+    update_course_map({"05_overfitting": {"seconds": 69.4, "cpu_seconds": 120.2},
+                       "05_solutions": {"seconds": 20.1, "cpu_seconds": 30.0}}, tmp_path)
+    assert "| 05 | 69 s (120 s CPU) | 20 s (30 s CPU) |" in (tmp_path / "README.md").read_text()

@@ -33,10 +33,10 @@ from course_utils.tools.report import write_report
 from course_utils.tools.coursemap import update_course_map
 from course_utils.tools.fork import retarget
 from course_utils.tools.site import broken_links, build_site
-from course_utils.tools.runner import format_table, is_solutions, lesson_notebooks, run_lessons
+from course_utils.tools.runner import format_table, lesson_notebooks, run_lessons
 from course_utils.tools.standins import rehearsal_env, write_standins
 from course_utils.world import DATA_FILES
-from course_utils.zoo import FAMILIES, check_family, check_folder
+from course_utils.zoo import FAMILIES, VARIANTS, check_family, check_folder
 
 
 PACKAGE = "course-utils"
@@ -156,6 +156,16 @@ def model_folder_checks(models_dir: Path = MODELS_DIR) -> list[tuple[bool, str]]
                 problems = [str(err)]
         checks.append((not problems, f"shipped model {family}" + (f": {'; '.join(problems)}" if problems else
                                                                   " (every file matches its recorded sha256)")))
+    for folder in sorted(p for p in Path(models_dir).glob("*_*") if p.is_dir()):  # lesson bases and variants
+        family = folder.name.split("_", 1)[0]
+        problems = hash_problems(folder)
+        if not problems and family in FAMILIES:
+            try:
+                check_folder(folder, family)
+            except CourseError as err:
+                problems = [str(err)]
+        checks.append((not problems, f"shipped model {folder.name}" + (f": {'; '.join(problems)}" if problems else
+                                                                       " (every file matches its recorded sha256)")))
     return checks
 
 
@@ -172,7 +182,7 @@ def cmd_build(args) -> int:
     set_offline(True)
     families = [check_family(f) for f in (args.family or FAMILIES)]
     build_all(families, Path(args.out) if args.out else DATA_DIR, smoke=args.smoke, data_only=args.data_only,
-              resume=args.resume)
+              resume=args.resume, variant=args.variant)
     return 0
 
 
@@ -182,8 +192,7 @@ def cmd_run(args) -> int:
     print(format_table(results))
     print(f"executed notebooks and benchmark.json in {out_dir.resolve()}")
     if args.write:  # the course map and the workshop guide take their runtimes from this measurement only
-        lessons = {r.lesson: vars(r) for r in results if r.passed and not is_solutions(r.lesson)}
-        for path in update_course_map(lessons):
+        for path in update_course_map({r.lesson: vars(r) for r in results if r.passed}):
             print(f"updated the runtimes in {path.resolve()}")
     failed = [r for r in results if not r.passed]
     for r in failed:
@@ -272,6 +281,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--data-only", action="store_true", help="only the data_samples/*.jsonl files")
     b.add_argument("--out", help="output folder (default: data_samples/)")
     b.add_argument("--resume", action="store_true", help="continue saved models with the stages they have not done")
+    b.add_argument("--variant", choices=sorted(VARIANTS), help="a variant size instead of the base models "
+                   "(deep: 8 blocks, for lesson 04's layer analysis)")
     b.set_defaults(func=cmd_build)
     r = sub.add_parser("run", help="execute lessons in order and measure them",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUN_EXAMPLES + lesson_list())

@@ -13,8 +13,9 @@ from typing import Any, Mapping
 
 from course_utils.paths import REPO_DIR
 
-# (file, header of the column that holds each lesson's runtime)
-RUNTIME_COLUMNS = (("README.md", "runtime on 2 CPU cores"), ("docs/WORKSHOP.md", "CPU runtime"))
+# (file, header of the column, whose runtime it holds: each lesson's, or its solutions notebook's)
+RUNTIME_COLUMNS = (("README.md", "runtime on 2 CPU cores", "lesson"), ("README.md", "solutions", "solutions"),
+                   ("docs/WORKSHOP.md", "CPU runtime", "lesson"))
 
 
 def runtime_text(row: Mapping[str, Any]) -> str:
@@ -50,15 +51,19 @@ def set_runtime_column(text: str, header: str, runtimes: Mapping[str, str]) -> s
 
 
 def update_course_map(benchmarks: Mapping[str, Mapping[str, Any]], repo_dir: Path = REPO_DIR) -> list[Path]:
-    """Write the measured runtime of each lesson in `benchmarks` into every runtime column; returns changed files."""
-    runtimes = {lesson: runtime_text(row) for lesson, row in benchmarks.items() if row.get("passed", True)}
+    """Write the measured runtime of each lesson in `benchmarks` (and of each solutions notebook, named
+    'NN_solutions') into the runtime columns; returns the changed files."""
+    runtimes = {"lesson": {}, "solutions": {}}
+    for name, row in benchmarks.items():
+        if row.get("passed", True):
+            runtimes["solutions" if name.endswith("_solutions") else "lesson"][name] = runtime_text(row)
     changed = []
-    for name, header in RUNTIME_COLUMNS:
+    for name, header, kind in RUNTIME_COLUMNS:
         path = Path(repo_dir) / name
         if not path.is_file():
             continue
         text = path.read_text(encoding="utf-8")
-        new = set_runtime_column(text, header, runtimes)
+        new = set_runtime_column(text, header, runtimes[kind])
         if new != text:
             path.write_text(new, encoding="utf-8")
             changed.append(path)
