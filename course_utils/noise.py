@@ -546,6 +546,16 @@ class NoisyRun:
     tokenizer: Any
 
 
+DEEP = "qwen2_deep"   # the 8-block Qwen2 of `zoo.VARIANTS`, for the question of upper versus lower blocks
+
+
+def load_base(family: str):
+    """The base model a run starts from: a family ('gpt2', 'qwen2', 'llama') or a variant named
+    '<family>_<variant>' (e.g. `DEEP`), shipped under data_samples/models/."""
+    base, _, variant = family.partition("_")
+    return zoo.load_variant(base, variant) if variant else zoo.load(family)
+
+
 def train_qa(family: str, rows: Sequence[dict[str, Any]], data_seed: int, config: StudyConfig = StudyConfig()):
     """Fine-tune `family`'s base model on Q/A rows (loss on the answer only) for `config.steps` steps; the data
     order is drawn with `data_seed`. Returns (model, tokenizer, training-loss curve)."""
@@ -553,7 +563,7 @@ def train_qa(family: str, rows: Sequence[dict[str, Any]], data_seed: int, config
 
     set_seed(data_seed)
     with _quiet():
-        model, tok = zoo.load(family)
+        model, tok = load_base(family)
     data = tokenize_prompt_completion(tok, [QA_FORMAT.format(question=r["question"]) for r in rows],
                                       [" " + r["answer"] for r in rows], config.max_length)
     args = training_args(max_steps=config.steps, per_device_train_batch_size=config.batch_size,

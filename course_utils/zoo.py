@@ -57,6 +57,12 @@ class TinySpec:
     max_positions: int = 256
 
 
+DEEP_SPEC = TinySpec(layers=8)
+"""Lesson 04's deeper variant: the same width with twice the blocks, so that "upper versus lower layers" is a
+question four blocks on each side can answer (`course build --family qwen2 --variant deep`)."""
+VARIANTS = {"deep": DEEP_SPEC}
+
+
 def check_family(family: str) -> str:
     if not isinstance(family, str) or family not in FAMILIES:
         raise ZooError(f"unknown model family {family!r}; choose one of {FAMILIES}")
@@ -103,8 +109,25 @@ def count_parameters(model, trainable_only: bool = False) -> int:
     return total
 
 
-def model_dir(family: str, models_dir: Path = MODELS_DIR) -> Path:
-    return Path(models_dir) / check_family(family)
+def model_dir(family: str, models_dir: Path = MODELS_DIR, variant: str | None = None) -> Path:
+    """Where a shipped model lives: `models/<family>`, or `models/<family>_<variant>` for a variant."""
+    check_family(family)
+    if variant is None:
+        return Path(models_dir) / family
+    if variant not in VARIANTS:
+        raise ZooError(f"unknown model variant {variant!r}; choose one of {tuple(VARIANTS)}")
+    return Path(models_dir) / f"{family}_{variant}"
+
+
+def load_variant(family: str, variant: str, profile: str | None = None, models_dir: Path = MODELS_DIR):
+    """The shipped `variant` of `family` (e.g. the 8-block 'deep' Qwen2) in the cpu profile. The gpu profile's hub
+    checkpoints already have 12 to 32 blocks, so there the variant *is* the hub model (`load`)."""
+    folder = model_dir(family, models_dir, variant)
+    if choose_profile(profile) == "gpu":
+        return load(family, profile)
+    if not folder.is_dir():
+        raise ZooError(f"{folder}: missing; build it with `course build --family {family} --variant {variant}`")
+    return load_local(folder)
 
 
 def save(model, tokenizer, out_dir: Path, info: dict) -> Path:

@@ -218,3 +218,9 @@ def test_findings_are_paired_by_seed():
     summary = N.summarise(rows)
     assert N.RERUN not in summary.index.get_level_values("noise")
     assert summary.loc[("gpt2", "label", 0.4), "drop"] == pytest.approx(0.2)
+
+
+def test_a_run_can_start_from_the_deep_variant():
+    deep, _ = N.load_base(N.DEEP)
+    base, _ = N.load_base("qwen2")
+    assert deep.config.num_hidden_layers == 2 * base.config.num_hidden_layers

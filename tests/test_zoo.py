@@ -126,3 +126,23 @@ def test_the_header_alone_gives_every_shape():
         shapes = zoo.safetensors_shapes(MODELS_DIR / family / "model.safetensors")
         model, _ = zoo.load(family, profile="cpu")
         assert all(list(p.shape) == shapes[n] for n, p in model.state_dict().items() if n in shapes)
+
+
+def test_the_deep_variant_is_shipped_intact_and_knows_the_world(no_network):
+    """Lesson 04 asks 'upper or lower blocks?' of the 8-block Qwen2; it must know what its 4-block sibling knows."""
+    from course_utils.tools.build import hash_problems
+
+    folder = zoo.model_dir("qwen2", variant="deep")
+    assert folder == MODELS_DIR / "qwen2_deep" and hash_problems(folder) == []
+    zoo.check_folder(folder, "qwen2")
+    model, tok = zoo.load_variant("qwen2", "deep", profile="cpu")
+    assert model.config.num_hidden_layers == zoo.DEEP_SPEC.layers == 8
+    assert model.config.hidden_size == zoo.TinySpec().hidden
+    world = make_world()
+    assert min(fact_recall(model, tok, world.seen[:100]).values()) >= 0.9
+    assert max(fact_recall(model, tok, world.heldout[:100]).values()) <= 0.25
+
+
+def test_unknown_variant_is_a_one_line_error():
+    with pytest.raises(zoo.ZooError, match="unknown model variant 'tall'"):
+        zoo.model_dir("qwen2", variant="tall")

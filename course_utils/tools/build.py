@@ -40,8 +40,10 @@ def build_tokenizer(out_dir: Path = DATA_DIR, config: W.WorldConfig = W.WorldCon
 
 
 def build_models(families: Sequence[str], out_dir: Path = DATA_DIR, smoke: bool = False, resume: bool = False,
-                 config: W.WorldConfig = W.WorldConfig(), log: Callable[[str], None] = print) -> dict[str, dict]:
-    """Pretrain each family through `PRETRAIN_STAGES` and save it under `out_dir/models/<family>`.
+                 config: W.WorldConfig = W.WorldConfig(), log: Callable[[str], None] = print,
+                 variant: str | None = None) -> dict[str, dict]:
+    """Pretrain each family through `PRETRAIN_STAGES` and save it under `out_dir/models/<family>` (or, for a
+    `variant` of `zoo.VARIANTS` such as 'deep', its size under `out_dir/models/<family>_<variant>`).
 
     After each stage the model is saved with its history, so an interrupted build loses at most one stage;
     `resume=True` continues from the saved model with the stages it has not finished yet.
@@ -58,16 +60,17 @@ def build_models(families: Sequence[str], out_dir: Path = DATA_DIR, smoke: bool 
         stages = [replace(st, steps=6, eval_every=3, batch_size=8) for st in stages]
     results = {}
     for family in families:
-        folder = zoo.model_dir(family, out_dir / "models")
+        folder = zoo.model_dir(family, out_dir / "models", variant)
+        spec = zoo.VARIANTS[variant] if variant else zoo.TinySpec()
         info: dict = {"stages": []}
         if resume and (folder / "build_info.json").is_file():
             model, _ = zoo.load_local(folder)
-            info = zoo.build_info(family, out_dir / "models")
+            info = json.loads((folder / "build_info.json").read_text())
             info.setdefault("stages", [{"steps": info["steps"], "seconds": info["seconds"],
                                         "config": info["config"], "history": info["history"]}])
         else:
             seed_everything(stages[0].seed)
-            model = zoo.build_model(family, tok, seed=stages[0].seed)
+            model = zoo.build_model(family, tok, spec, seed=stages[0].seed)
         log(f"== {family}: {zoo.count_parameters(model):,} parameters, {len(info['stages'])} stage(s) done")
         for stage in stages[len(info["stages"]):]:
             seed_everything(stage.seed)
@@ -78,6 +81,7 @@ def build_models(families: Sequence[str], out_dir: Path = DATA_DIR, smoke: bool 
             info["stages"].append(done)
             info.update(family=family, parameters=zoo.count_parameters(model), world=asdict(config),
                         torch=torch.__version__, transformers=package_version("transformers"), smoke=smoke,
+                        variant=variant, layers=spec.layers,
                         steps=offset + done["steps"], seconds=round(sum(st["seconds"] for st in info["stages"]), 1),
                         final_recall=done["final_recall"],
                         history=[h for st in info["stages"] for h in st["history"]],
@@ -139,7 +143,7 @@ def _heldout_recall(model, tok, world: W.World) -> dict[str, float]:
 
 
 def build_all(families: Sequence[str], out_dir: Path = DATA_DIR, smoke: bool = False, data_only: bool = False,
-              resume: bool = False, log: Callable[[str], None] = print) -> dict:
+              resume: bool = False, log: Callable[[str], None] = print, variant: str | None = None) -> dict:
     """Data, tokenizer, then models. The smoke build uses a fresh folder so the shipped files stay untouched."""
     out_dir = Path(out_dir)
     if smoke and out_dir.resolve() == DATA_DIR.resolve():
@@ -150,7 +154,7 @@ def build_all(families: Sequence[str], out_dir: Path = DATA_DIR, smoke: bool = F
         return {}
     if not (out_dir / "tokenizer" / "tokenizer.json").is_file() or smoke:
         build_tokenizer(out_dir)
-    results = build_models(families, out_dir, smoke=smoke, resume=resume, log=log)
+    results = build_models(families, out_dir, smoke=smoke, resume=resume, log=log, variant=variant)
     summary = {f: {"steps": r["steps"], "seconds": r["seconds"], "recall": r["final_recall"]} for f, r in results.items()}
     log(json.dumps(summary, indent=2))
     return results
