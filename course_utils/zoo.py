@@ -140,9 +140,9 @@ def save(model, tokenizer, out_dir: Path, info: dict) -> Path:
     return out_dir
 
 
-def build_info(family: str, models_dir: Path = MODELS_DIR) -> dict:
-    """How a shipped model was built: steps, seconds, final recall, its pretraining config."""
-    path = model_dir(family, models_dir) / "build_info.json"
+def build_info(family: str, models_dir: Path = MODELS_DIR, variant: str | None = None) -> dict:
+    """How a shipped model (or its `variant`) was built: steps, seconds, final recall, its pretraining config."""
+    path = model_dir(family, models_dir, variant) / "build_info.json"
     if not path.is_file():
         raise ZooError(f"{path}: missing; rebuild the shipped models with `course build`")
     return json.loads(path.read_text())

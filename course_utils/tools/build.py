@@ -65,7 +65,7 @@ def build_models(families: Sequence[str], out_dir: Path = DATA_DIR, smoke: bool 
         info: dict = {"stages": []}
         if resume and (folder / "build_info.json").is_file():
             model, _ = zoo.load_local(folder)
-            info = json.loads((folder / "build_info.json").read_text())
+            info = zoo.build_info(family, out_dir / "models", variant)
             info.setdefault("stages", [{"steps": info["steps"], "seconds": info["seconds"],
                                         "config": info["config"], "history": info["history"]}])
         else:

@@ -139,33 +139,31 @@ def data_file_checks(data_dir: Path = DATA_DIR) -> list[tuple[bool, str]]:
     return checks
 
 
+def _folder_check(folder: Path, family: str | None) -> tuple[bool, str]:
+    """One shipped model folder: its files match the sha256 hashes of build_info.json and (for a known family) the
+    header of its weights agrees with its config (`zoo.check_folder`, which reads no weights)."""
+    problems = hash_problems(folder)
+    if not problems and family in FAMILIES:
+        try:
+            check_folder(folder, family)
+        except CourseError as err:
+            problems = [str(err)]
+    return (not problems, f"shipped model {folder.name}" + (f": {'; '.join(problems)}" if problems else
+                                                           " (every file matches its recorded sha256)"))
+
+
 def model_folder_checks(models_dir: Path = MODELS_DIR) -> list[tuple[bool, str]]:
-    """Each shipped model folder: its files match the sha256 hashes of build_info.json, and the header of its
-    weights agrees with its config (`zoo.check_folder`, which reads no weights)."""
+    """Each shipped model folder: the three families (which must be there), then the lesson bases and variants
+    (`<family>_qa`, `<family>_deep`) that are."""
     checks = []
     for family in FAMILIES:
         folder = Path(models_dir) / family
         if not folder.is_dir():
             checks.append((False, f"shipped model {family} missing in {folder}: run `course build`"))
             continue
-        problems = hash_problems(folder)
-        if not problems:
-            try:
-                check_folder(folder, family)
-            except CourseError as err:
-                problems = [str(err)]
-        checks.append((not problems, f"shipped model {family}" + (f": {'; '.join(problems)}" if problems else
-                                                                  " (every file matches its recorded sha256)")))
-    for folder in sorted(p for p in Path(models_dir).glob("*_*") if p.is_dir()):  # lesson bases and variants
-        family = folder.name.split("_", 1)[0]
-        problems = hash_problems(folder)
-        if not problems and family in FAMILIES:
-            try:
-                check_folder(folder, family)
-            except CourseError as err:
-                problems = [str(err)]
-        checks.append((not problems, f"shipped model {folder.name}" + (f": {'; '.join(problems)}" if problems else
-                                                                       " (every file matches its recorded sha256)")))
+        checks.append(_folder_check(folder, family))
+    for folder in sorted(p for p in Path(models_dir).glob("*_*") if p.is_dir()):
+        checks.append(_folder_check(folder, folder.name.split("_", 1)[0]))
     return checks
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from course_utils.paths import REPO_DIR
+from course_utils.tools.runner import is_solutions
 
 # (file, header of the column, whose runtime it holds: each lesson's, or its solutions notebook's)
 RUNTIME_COLUMNS = (("README.md", "runtime on 2 CPU cores", "lesson"), ("README.md", "solutions", "solutions"),
@@ -56,7 +57,7 @@ def update_course_map(benchmarks: Mapping[str, Mapping[str, Any]], repo_dir: Pat
     runtimes = {"lesson": {}, "solutions": {}}
     for name, row in benchmarks.items():
         if row.get("passed", True):
-            runtimes["solutions" if name.endswith("_solutions") else "lesson"][name] = runtime_text(row)
+            runtimes["solutions" if is_solutions(name) else "lesson"][name] = runtime_text(row)
     changed = []
     for name, header, kind in RUNTIME_COLUMNS:
         path = Path(repo_dir) / name
