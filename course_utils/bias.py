@@ -39,7 +39,7 @@ from course_utils.classify import (ClassifierConfig, load_classifier, out_of_fol
 from course_utils.data import DataError
 from course_utils.errors import check_rate, check_rows
 from course_utils.text import encode, model_device, pad_batch
-from course_utils.train import with_finite_guard
+from course_utils.train import quiet, with_finite_guard
 
 
 LIBRARY_CALLS = {
@@ -50,7 +50,6 @@ LIBRARY_CALLS = {
     "ipywidgets:Button": [], "ipywidgets:HTML": [], "ipywidgets:HBox": [], "ipywidgets:VBox": [],
     "psutil:Process.parents": [],
     "transformers:Trainer": ["model", "args", "train_dataset", "data_collator", "callbacks"],
-    "transformers:Trainer.remove_callback": ["callback"],
     "sklearn.feature_extraction.text:CountVectorizer": ["ngram_range", "binary"],
     "sklearn.linear_model:LogisticRegression.predict_proba": ["X"],
 }
@@ -252,14 +251,14 @@ def fit_classifier(model, tokenizer, train_rows: Sequence[dict[str, Any]], confi
     The same recipe as `classify.train_classifier`, built here so that the Trainer's printed log dicts can be
     switched off (that helper trains before a caller could remove them); the lesson shows its own tables.
     """
-    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
+    from transformers import DataCollatorWithPadding, Trainer
 
     data = tokenize_labelled(tokenizer, train_rows, config.max_length)
     args = config.training_arguments(lr_scheduler_type="linear", warmup_steps=0.1, max_steps=steps,
                                      logging_strategy="no")
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer),
                       callbacks=with_finite_guard())
-    trainer.remove_callback(PrinterCallback)
+    quiet(trainer)
     trainer.train()
     return trainer
 
@@ -663,7 +662,7 @@ def train_adversarial(model, tokenizer, train_rows: Sequence[dict[str, Any]], at
     grows from 0 over training (Ganin & Lempitsky's schedule), so the classifier learns the task before the
     adversary pushes; a full-strength push from step 0 can wreck training.
     """
-    from transformers import DataCollatorWithPadding, PrinterCallback
+    from transformers import DataCollatorWithPadding
 
     _check(train_rows, attribute, "train_adversarial", group_value)
     if adversary_weight < 0:
@@ -688,7 +687,7 @@ def train_adversarial(model, tokenizer, train_rows: Sequence[dict[str, Any]], at
                                            data_collator=DataCollatorWithPadding(tokenizer),
                                            adversary_weight=adversary_weight, class_weights=class_weights,
                                            ramp=ramp, callbacks=with_finite_guard())
-    trainer.remove_callback(PrinterCallback)   # no printed log dicts: the lesson shows its own table
+    quiet(trainer)   # no printed log dicts: the lesson shows its own table
     trainer.train()
     return trainer
 

@@ -20,7 +20,7 @@ from course_utils.config import CourseConfig, Limit
 from course_utils.data import DataError
 from course_utils.errors import check_count, check_positive, check_rows, check_vocab
 from course_utils.text import encode, model_device, pad_batch
-from course_utils.train import with_finite_guard
+from course_utils.train import quiet, with_finite_guard
 
 
 LIBRARY_CALLS = {
@@ -85,7 +85,7 @@ def tokenize_labelled(tokenizer, rows: Sequence[dict[str, Any]], max_length: int
 def train_classifier(model, tokenizer, train_rows: Sequence[dict[str, Any]], config: ClassifierConfig = ClassifierConfig(),
                      eval_rows: Sequence[dict[str, Any]] | None = None, callbacks: Sequence = (), **args_overrides):
     """Fine-tune `model` (all trainable parameters) on labelled rows with `Trainer`; returns the trainer."""
-    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
+    from transformers import DataCollatorWithPadding, Trainer
 
 
     where = "train_classifier"
@@ -100,7 +100,7 @@ def train_classifier(model, tokenizer, train_rows: Sequence[dict[str, Any]], con
                                      **args_overrides)
     trainer = Trainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
                       data_collator=DataCollatorWithPadding(tokenizer), callbacks=with_finite_guard(callbacks))
-    trainer.remove_callback(PrinterCallback)  # no printed log dicts: each lesson shows its own table
+    quiet(trainer)  # no printed log dicts: each lesson shows its own table
     trainer.train()
     return trainer
 

@@ -39,7 +39,7 @@ from course_utils.evaluate import continuation_logprobs, generate
 from course_utils.peft_methods import PEFT_METHODS, adapter_state_dict, apply_method
 from course_utils.profiles import choose_profile
 from course_utils.text import model_device
-from course_utils.train import causal_collator, tokenize_prompt_completion, with_finite_guard
+from course_utils.train import causal_collator, quiet, tokenize_prompt_completion, with_finite_guard
 from course_utils.world import qa_pairs
 from course_utils.zoo import count_parameters
 
@@ -423,9 +423,7 @@ class CostConfig(CourseConfig):
 
 def _train_quietly(trainer) -> None:
     """Train without the Trainer printing its final metrics dict (the table shows what matters)."""
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
+    quiet(trainer)
     trainer.train()
 
 

@@ -17,7 +17,6 @@ Hugging Face `Trainer`), continue pretraining on plain text, and grade what come
 from __future__ import annotations
 
 import copy
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -31,8 +30,8 @@ from course_utils.peft_methods import apply_lora
 from course_utils.paths import DATA_DIR, MODELS_DIR
 from course_utils.profiles import seed_everything, setup
 from course_utils.text import encode, model_device, pad_id
-from course_utils.train import causal_collator, tokenize_prompt_completion, tokenize_texts, with_finite_guard
-from course_utils.world import ANSWERS, ATTRIBUTES, Person, QUESTIONS, RECALL_PROMPTS
+from course_utils.train import causal_collator, quiet, tokenize_prompt_completion, tokenize_texts, with_finite_guard
+from course_utils.world import ANSWERS, ATTRIBUTES, Person, QUESTIONS, RECALL_PROMPTS, answer_pattern
 from course_utils.zoo import count_parameters
 
 
@@ -41,7 +40,7 @@ TUNE_METHODS = ("full", "lora", "lora+mlp")   # also LoRA on attention + MLP
 # The base models' own question-answer style (plain text, short answer), unlike the instruction data's chat turns
 # and full-sentence answers: the setting of Lin et al. 2023 and Ghosh et al. 2024, a base that can already answer.
 BASE_QA = "Q: {question}\nA: {value}."
-QA_BASE_SUFFIX = "_qa"                    # data_samples/models/<family>_qa: the bases that saw Q/A text
+QA_BASE_SUFFIX = zoo.QA_SUFFIX              # data_samples/models/<family>_qa: the bases that saw Q/A text
 # Other wordings of the four questions, never used for training: does an answer survive a change of question?
 PARAPHRASES: dict[str, str] = {
     "birth_city": "In which town was {name} born?",
@@ -56,7 +55,6 @@ LIBRARY_CALLS = {
     "transformers:TrainingArguments": ["num_train_epochs", "max_steps", "per_device_train_batch_size",
                                        "learning_rate", "warmup_steps", "seed", "data_seed", "logging_steps",
                                        "weight_decay"],
-    "transformers:Trainer.remove_callback": ["callback"],
     "peft.tuners.lora:LoraModel.merge_and_unload": [],
 }
 
@@ -156,7 +154,7 @@ def continue_pretraining(base, tokenizer, texts: Sequence[str], config: TuneConf
 
 
 def _train(base, tokenizer, data, config: TuneConfig, dev_rows: list) -> TuneResult:
-    from transformers import PrinterCallback, Trainer, TrainerCallback
+    from transformers import Trainer, TrainerCallback
 
     history: list[dict] = []
     snapshot: dict = {}
@@ -187,7 +185,7 @@ def _train(base, tokenizer, data, config: TuneConfig, dev_rows: list) -> TuneRes
     args = config.training_arguments(logging_steps=10_000, weight_decay=0.0)
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=causal_collator(tokenizer),
                       callbacks=with_finite_guard([FormatCheck()] if dev_rows else []))
-    trainer.remove_callback(PrinterCallback)   # no printed log dicts: the lesson shows its own tables
+    quiet(trainer)   # no printed log dicts: the lesson shows its own tables
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
@@ -263,13 +261,6 @@ def mean_recall(recall: dict[str, float]) -> float:
     return sum(recall.values()) / len(recall)
 
 
-def _answer_pattern(attr: str) -> re.Pattern:
-    """The answer template of `attr` as a regex with two groups: the person named, and the value."""
-    template = re.escape(ANSWERS[attr])
-    template = template.replace(re.escape("{name}"), r"(?P<name>\w+ \w+)").replace(re.escape("{value}"), r"(?P<value>\w+)")
-    return re.compile("^" + template + "$")
-
-
 def grade_answers(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 16) -> list[dict]:
     """Greedy answers to each row's question, graded.
 
@@ -286,7 +277,7 @@ def grade_answers(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 
     outputs = generate(model, tokenizer, [chat_prompt(tokenizer, r["question"]) for r in rows], max_new_tokens)
     graded = []
     for row, text in zip(rows, outputs):
-        match = _answer_pattern(row["attribute"]).match(text)
+        match = answer_pattern(row["attribute"]).match(text)
         named = match.group("name") if match else None
         value = match.group("value") if match and match.group("value") in ATTRIBUTES[row["attribute"]] else None
         ok = value is not None
@@ -433,7 +424,7 @@ def build_qa_base(family: str, steps: int | None = None, learning_rate: float | 
 def load_qa_base(family: str):
     """(model, tokenizer): the shipped Q/A base of `family` (`build_qa_base`), loaded and checked like any base."""
 
-    return zoo.load_local(MODELS_DIR / f"{zoo.check_family(family)}{QA_BASE_SUFFIX}")
+    return zoo.load_qa(family)
 
 
 def qa_base_info(family: str) -> dict:

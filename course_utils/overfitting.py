@@ -28,7 +28,7 @@ from course_utils.config import CourseConfig, training_args
 from course_utils.errors import CourseError, check_rate
 from course_utils.evaluate import generate
 from course_utils.peft_methods import apply_lora
-from course_utils.train import causal_collator, tokenize_prompt_completion, with_finite_guard
+from course_utils.train import causal_collator, quiet, tokenize_prompt_completion, with_finite_guard
 from course_utils.world import biography
 from course_utils.zoo import check_family
 
@@ -223,8 +223,6 @@ def train_setting(setting: Setting, family: str, train_dataset, val_dataset, dat
 
     `num_labels` switches to a sequence-classification head (LoRA then also trains that new head)."""
     from transformers import AutoModelForSequenceClassification, EarlyStoppingCallback, Trainer, set_seed
-    from transformers.trainer_callback import PrinterCallback
-
 
     set_seed(config.seed)   # the same initial head and adapter weights for every setting
     overrides = dropout_overrides(family, setting.dropout)
@@ -244,7 +242,7 @@ def train_setting(setting: Setting, family: str, train_dataset, val_dataset, dat
     trainer = Trainer(model=model, args=overfit_args(setting, config, output_dir), train_dataset=train_dataset,
                       eval_dataset={TRAIN: train_dataset, VAL: val_dataset}, data_collator=data_collator,
                       callbacks=with_finite_guard(callbacks))
-    trainer.remove_callback(PrinterCallback)   # the curves are plotted; no dict printed per epoch
+    quiet(trainer)   # the curves are plotted; no dict printed per epoch
     trainer.train()
     return trainer
 

@@ -25,6 +25,7 @@ from course_utils.text import encode
 LIBRARY_CALLS = {
     "transformers:TrainingArguments": ["save_steps", "save_total_limit", "save_only_model"],
     "transformers:Trainer.train": ["resume_from_checkpoint"],
+    "transformers:Trainer.remove_callback": ["callback"],
 }
 
 
@@ -265,6 +266,15 @@ def with_finite_guard(callbacks: Sequence[Any] = ()) -> list[Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- the trainer
+def quiet(trainer):
+    """Switch off the Trainer's printed log dicts and return it: without progress bars, transformers prints every
+    log dict, and each lesson shows its own table instead. The logs stay in `trainer.state.log_history`."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def causal_lm_trainer(model, tokenizer, texts: Sequence[str], args, callbacks: Sequence[Any] = (),
                       eval_texts: Sequence[str] | None = None, max_length: int = 96, trainer_class=None,
                       **trainer_kwargs):
@@ -275,11 +285,10 @@ def causal_lm_trainer(model, tokenizer, texts: Sequence[str], args, callbacks: S
     the printed loss dicts are switched off because each lesson shows its own measured table instead, and a
     `FiniteGuard` stops a run whose loss or weights become NaN or inf.
     """
-    from transformers import PrinterCallback, Trainer
+    from transformers import Trainer
 
     trainer = (trainer_class or Trainer)(
         model=model, args=args, train_dataset=tokenize_texts(tokenizer, list(texts), max_length),
         eval_dataset=tokenize_texts(tokenizer, list(eval_texts), max_length) if eval_texts else None,
         data_collator=causal_collator(tokenizer), callbacks=with_finite_guard(callbacks), **trainer_kwargs)
-    trainer.remove_callback(PrinterCallback)
-    return trainer
+    return quiet(trainer)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -415,6 +416,50 @@ def safety_requests(world: World) -> list[dict[str, Any]]:
             add(i, kind, templates, split)
     rng.shuffle(rows)
     return rows
+
+
+def untested_people(world: World) -> list[Person]:
+    """Seen people (the base models know their facts) that no test or novel safety request names: who lesson 08
+    may train on without leaking a held-out answer."""
+    held = safety_test_entities(world)["name"]
+    return [p for p in world.seen if p.name not in held]
+
+
+def helpful_requests(world: World, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` more safe questions with their helpful answers, in *training* phrasings only, about seen people that no
+    test or novel request names: the helpful half of an assistant's aligning data (lesson 08).
+
+    A chat model is aligned on far more helpful answers than refusals; the 120 safe training requests of
+    `safety_requests` are too few for a tiny model to learn which question asks for which fact. Rows have the same
+    fields as `safety_requests` rows (split 'train'), so `alignment.split_overlap` checks them like the others.
+    """
+    if n < 1:
+        raise WorldError(f"helpful_requests: n must be >= 1, got {n}")
+    rng = random.Random(seed)
+    people = untested_people(world)
+    kinds = list(SAFE_TEMPLATES)
+    rows = []
+    for _ in range(n):
+        person, kind = rng.choice(people), rng.choice(kinds)
+        templates = SAFE_TEMPLATES[kind]
+        index = len(UNSAFE_TEMPLATES) + kinds.index(kind)  # the kind's index in `safety_requests`' rotation
+        combos = [(t, o) for t in range(len(templates)) for o in range(len(OPENERS))
+                  if safety_split_of(index, t, o, len(templates)) == "train"]
+        t, o = rng.choice(combos)
+        value = person.facts()[kind]
+        rows.append({"prompt": OPENERS[o] + templates[t].format(name=person.name),
+                     "response": ANSWERS[kind].format(name=person.name, value=value), "safe": True,
+                     "category": "question", "value": value, "template": f"{kind}:{t}:{o}",
+                     "entities": [person.name], "split": "train"})
+    return rows
+
+
+def answer_pattern(attr: str) -> re.Pattern:
+    """The answer sentence of `attr` (`ANSWERS`) as a regex with two groups: the person named, and the value."""
+    template = re.escape(ANSWERS[attr])
+    template = template.replace(re.escape("{name}"), r"(?P<name>\w+ \w+)").replace(re.escape("{value}"),
+                                                                                  r"(?P<value>\w+)")
+    return re.compile("^" + template + "$")
 
 
 # file name -> generator; every shipped data file comes from here.

@@ -119,6 +119,18 @@ def model_dir(family: str, models_dir: Path = MODELS_DIR, variant: str | None = 
     return Path(models_dir) / f"{family}_{variant}"
 
 
+QA_SUFFIX = "_qa"  # models/<family>_qa: the base after continued pretraining on Q/A text (`instruct.build_qa_base`)
+
+
+def load_qa(family: str, models_dir: Path = MODELS_DIR):
+    """(model, tokenizer): the shipped Q/A base of `family`, a base that can answer questions about the people it
+    knows (lessons 06 and 08), loaded and checked like any shipped model."""
+    folder = Path(models_dir) / f"{check_family(family)}{QA_SUFFIX}"
+    if not folder.is_dir():
+        raise ZooError(f"{folder}: missing; rebuild it with `python -m course_utils.instruct bases`")
+    return load_local(folder)
+
+
 def load_variant(family: str, variant: str, profile: str | None = None, models_dir: Path = MODELS_DIR):
     """The shipped `variant` of `family` (e.g. the 8-block 'deep' Qwen2) in the cpu profile. The gpu profile's hub
     checkpoints already have 12 to 32 blocks, so there the variant *is* the hub model (`load`)."""

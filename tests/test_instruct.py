@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from course_utils import instruct as I
+from course_utils import world as W
 from course_utils import zoo
 from course_utils.world import ANSWERS, Person
 
@@ -43,7 +44,7 @@ def test_grading_and_copying_on_hand_built_answers(base, tokenizer):
     people = _people()
     rows = I.qa_rows(people[:1], ["birth_city"])
     assert rows[0]["question"] == "Where was Mira Stroud born?" and rows[0]["answer"].endswith("Veltra.")
-    pattern = I._answer_pattern("birth_city")
+    pattern = W.answer_pattern("birth_city")
     assert pattern.match("Mira Stroud was born in Ashdale.").group("name", "value") == ("Mira Stroud", "Ashdale")
     assert not pattern.match("Mira Stroud was born in Ashdale. And more")
     # asked about an unknown Mira Stroud, a model that answers about Mira Crane (a training person) copies
