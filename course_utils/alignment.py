@@ -91,8 +91,9 @@ def stop_ids(tokenizer) -> list[int]:
 
 @torch.no_grad()
 def chat_generate(model, tokenizer, requests: Sequence[str], max_new_tokens: int = 20,
-                  batch_size: int = 64) -> list[str]:
-    """Greedy answers to user `requests`, stopping at `<|end|>` or EOS.
+                  batch_size: int = 64, temperature: float | None = None) -> list[str]:
+    """Answers to user `requests`, stopping at `<|end|>` or EOS: greedy, or sampled at `temperature` (plain
+    sampling, no top-k cut, as GRPO samples).
 
     `evaluate.generate(chat=True)` stops only at EOS, so a chat model that ends its turn with `<|end|>` would run
     on into an invented next turn; here both end the answer.
@@ -103,13 +104,15 @@ def chat_generate(model, tokenizer, requests: Sequence[str], max_new_tokens: int
     model.eval()
     device = model_device(model)
     pad = pad_id(tokenizer)
+    decoding = {"do_sample": False} if temperature is None else {"do_sample": True, "temperature": temperature,
+                                                                  "top_k": 0}
     out: list[str] = []
     for start in range(0, len(requests), batch_size):
         texts = [chat_prompt(tokenizer, r) for r in requests[start:start + batch_size]]
         seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         ids, mask = pad_batch(seqs, pad, left=True)
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                             max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=stop_ids(tokenizer))
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             pad_token_id=pad, eos_token_id=stop_ids(tokenizer), **decoding)
         out += tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
     return [o.strip() for o in out]
 
@@ -593,10 +596,11 @@ def lesson_recipe(profile: str | None = None, pref_rate: float | None = None) ->
     lr = 2e-3 if cpu else 1e-5
     pref = pref_rate or (choose_pref_rate(read_pref_sweep()) if cpu else 5e-7)
     align = AlignConfig(steps=120, batch_size=16, learning_rate=lr, warmup_steps=5)
+    benign_rows, harmful_rows = LessonRecipe.benign_rows, LessonRecipe.harmful_rows
     return LessonRecipe(
         align=align,
-        benign=replace(align, steps=400 // align.batch_size),  # one epoch of the 400 benign answers
-        harmful=replace(align, steps=5, batch_size=10, warmup_steps=1),  # 10 examples, 5 epochs
+        benign=replace(align, steps=benign_rows // align.batch_size),  # one epoch of the benign answers
+        harmful=replace(align, steps=5, batch_size=harmful_rows, warmup_steps=1),  # the handful, 5 epochs
         dpo=AlignConfig(steps=16, batch_size=8, learning_rate=pref, beta=0.1),
         reward=AlignConfig(steps=12, learning_rate=1e-3 if cpu else 1e-5),
         grpo=RLConfig(steps=16, batch_size=16, num_generations=4, max_completion_length=12, learning_rate=pref),
@@ -630,9 +634,10 @@ def run_pref_sweep(path=None) -> list[dict]:
     world = make_world()
     fit, val = validation_split(split_rows(safety_requests(world), "train"))
     model0, tok = load_chat_model("gpt2", profile="cpu")
+    recipe = lesson_recipe("cpu", pref_rate=PREF_SWEEP_RATES[0])  # the rate is set per run below
+    pairs = preference_pairs(tok, fit)
     out = []
     for seed in PREF_SWEEP_SEEDS:
-        recipe = lesson_recipe("cpu", pref_rate=PREF_SWEEP_RATES[0])
         aligned = copy.deepcopy(model0)
         sft_train(aligned, tok, aligned_sft_rows(tok, fit + helpful_requests(world, n=recipe.helpful_rows)),
                   replace(recipe.align, seed=seed))
@@ -641,8 +646,7 @@ def run_pref_sweep(path=None) -> list[dict]:
         sft_train(broken, tok, rows, settings)
         for rate in PREF_SWEEP_RATES:
             model = copy.deepcopy(broken)
-            dpo_train(model, tok, preference_pairs(tok, fit), replace(recipe.dpo, learning_rate=rate, seed=seed),
-                      nll_weight=1.0)
+            dpo_train(model, tok, pairs, replace(recipe.dpo, learning_rate=rate, seed=seed), nll_weight=1.0)
             out.append({"seed": seed, "learning_rate": rate, **{f"val_{k}": round(v, 4) for k, v in
                                                                evaluate_safety(model, tok, val).items()}})
     (path or pref_sweep_path()).write_text(json.dumps(out, indent=1) + "\n")
@@ -726,19 +730,10 @@ def sampled_refusal_rate(model, tokenizer, requests: Sequence[str], samples: int
     """
     if len(requests) == 0 or samples < 1:
         raise AlignmentError(f"sampled_refusal_rate: need requests and samples >= 1, got {len(requests)} and {samples}")
-    model.eval()
-    device = model_device(model)
-    pad = pad_id(tokenizer)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    answers: list[str] = []
-    for start in range(0, len(requests), 32):
-        texts = [chat_prompt(tokenizer, r) for r in requests[start:start + 32] for _ in range(samples)]
-        ids, mask = pad_batch([tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], pad, left=True)
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                             temperature=temperature, top_k=0, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                             eos_token_id=stop_ids(tokenizer))
-        answers += tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
+    answers = chat_generate(model, tokenizer, [r for r in requests for _ in range(samples)], max_new_tokens,
+                            batch_size=32 * samples, temperature=temperature)
     torch.random.set_rng_state(generator_state)
     return sum(map(is_refusal, answers)) / len(answers)
 

@@ -362,6 +362,12 @@ def safety_split_of(kind_index: int, template: int, opener: int, n_templates: in
     return "test" if opener == 1 + (template + kind_index) % (len(OPENERS) - 1) else "train"
 
 
+def safety_phrasings(kind_index: int, n_templates: int, split: str) -> list[tuple[int, int]]:
+    """The (template, opener) pairs of one kind of request that belong to `split` (`safety_split_of`)."""
+    return [(t, o) for t in range(n_templates) for o in range(len(OPENERS))
+            if safety_split_of(kind_index, t, o, n_templates) == split]
+
+
 def safety_requests(world: World) -> list[dict[str, Any]]:
     """Safe requests with helpful answers and unsafe requests with refusals, by category, with held-out splits.
 
@@ -383,8 +389,7 @@ def safety_requests(world: World) -> list[dict[str, Any]]:
     rows = []
 
     def add(kind_index: int, kind: str, templates: list[str], split: str) -> None:
-        combos = [(t, o) for t in range(len(templates)) for o in range(len(OPENERS))
-                  if safety_split_of(kind_index, t, o, len(templates)) == split]
+        combos = safety_phrasings(kind_index, len(templates), split)
         seen_prompts: set[str] = set()
         tries, count, pool = 0, counts[split], pools[split]
         while count:
@@ -438,14 +443,14 @@ def helpful_requests(world: World, n: int, seed: int = 0) -> list[dict[str, Any]
     rng = random.Random(seed)
     people = untested_people(world)
     kinds = list(SAFE_TEMPLATES)
+    # each kind's training phrasings; its index in `safety_requests`' rotation comes after the unsafe kinds
+    phrasings = {kind: safety_phrasings(len(UNSAFE_TEMPLATES) + i, len(SAFE_TEMPLATES[kind]), "train")
+                 for i, kind in enumerate(kinds)}
     rows = []
     for _ in range(n):
         person, kind = rng.choice(people), rng.choice(kinds)
+        t, o = rng.choice(phrasings[kind])
         templates = SAFE_TEMPLATES[kind]
-        index = len(UNSAFE_TEMPLATES) + kinds.index(kind)  # the kind's index in `safety_requests`' rotation
-        combos = [(t, o) for t in range(len(templates)) for o in range(len(OPENERS))
-                  if safety_split_of(index, t, o, len(templates)) == "train"]
-        t, o = rng.choice(combos)
         value = person.facts()[kind]
         rows.append({"prompt": OPENERS[o] + templates[t].format(name=person.name),
                      "response": ANSWERS[kind].format(name=person.name, value=value), "safe": True,
