@@ -11,8 +11,10 @@ process RSS is too coarse for a 1 M-parameter model (the allocator keeps freed m
 the bytes of live tensors itself: every tensor an operation creates is added, and subtracted again when torch frees
 it. That is the quantity the CUDA counter reports; neither sees the allocator's cached blocks, and on the CPU the
 count misses scratch memory inside an operation and everything outside torch tensors (`how_measured` says so in
-the lesson's output). Step time is timed per optimizer step by `EqualBudget`: CPU seconds of the process on a CPU
-(a shared machine's waiting is not counted), synchronised wall-clock on a GPU.
+the lesson's output). Step time is timed per optimizer step by `EqualBudget` while each method trains: CPU seconds of the
+process on a CPU (a shared machine's waiting is not counted), synchronised wall-clock on a GPU. Comparing two
+methods' step times needs more care (`paired_step_seconds`): their steps timed in turns on the same batch, on one
+CPU thread, so that load and thread count, which change from run to run, hit both alike.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import math
 import tempfile
 import time
 import weakref
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,38 +139,35 @@ def peak_step_memory(model, batch: dict, lr: float = 1e-3) -> dict[str, float]:
         raise CostError("peak_step_memory: the model has no trainable parameters")
     if not batch or "labels" not in batch:
         raise CostError("peak_step_memory: the batch needs input_ids and labels (the step computes a loss)")
-    saved = [p.detach().clone() for p in params]
     weights = _storage_bytes(list(model.parameters()) + list(model.buffers()))
     batch = _batch_on(model, batch)
-    model.train()
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    optimizer.zero_grad(set_to_none=True)
-    if params[0].device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        loss = model(**batch).loss
-        after_forward = weights + torch.cuda.memory_allocated() - start
-        loss.backward()
-        del loss
-        optimizer.step()
-        torch.cuda.synchronize()
-        after_step = weights + torch.cuda.memory_allocated() - start
-        peak = weights + torch.cuda.max_memory_allocated() - start
-    else:
-        with TensorMemory(baseline=weights) as tracker:
+    with weights_restored(model):   # undo the measured step so the measurement does not change the model
+        model.train()
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        optimizer.zero_grad(set_to_none=True)
+        if params[0].device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            start = torch.cuda.memory_allocated()
             loss = model(**batch).loss
-            after_forward = tracker.live
+            after_forward = weights + torch.cuda.memory_allocated() - start
             loss.backward()
             del loss
             optimizer.step()
-            after_step = tracker.live
-        peak = tracker.peak
-    optimizer.zero_grad(set_to_none=True)
-    with torch.no_grad():  # undo the measured step so the measurement does not change the model
-        for p, old in zip(params, saved):
-            p.copy_(old)
-    del optimizer
+            torch.cuda.synchronize()
+            after_step = weights + torch.cuda.memory_allocated() - start
+            peak = weights + torch.cuda.max_memory_allocated() - start
+        else:
+            with TensorMemory(baseline=weights) as tracker:
+                loss = model(**batch).loss
+                after_forward = tracker.live
+                loss.backward()
+                del loss
+                optimizer.step()
+                after_step = tracker.live
+            peak = tracker.peak
+        optimizer.zero_grad(set_to_none=True)
+        del optimizer
     return {"weights_mb": weights / MB, "activations_mb": (after_forward - weights) / MB,
             "state_mb": (after_step - weights) / MB, "peak_mb": peak / MB}
 
@@ -188,12 +188,14 @@ def how_measured(device_type: str) -> dict[str, str]:
         return {"memory": "CUDA allocator statistics (torch.cuda.max_memory_allocated over one AdamW step): every "
                           "tensor torch allocates on the GPU; not seen: the allocator's cached but unused blocks, "
                           "the CUDA context and library workspaces (what nvidia-smi adds on top)",
-                "time": "wall-clock seconds per optimizer step after torch.cuda.synchronize (median over the run)"}
+                "time": "wall-clock seconds per optimizer step after torch.cuda.synchronize (median over the run); "
+                        "for the step-time claim, the methods' steps timed in turns on the same batch"}
     return {"memory": "TensorMemory: the bytes of live tensors torch creates during one AdamW step, counted at "
                       "every operation (a stand-in for the CUDA counter); not seen: memory the CPU allocator keeps "
                       "after a free, scratch buffers inside an operation, Python objects, and the process (RSS)",
             "time": "CPU seconds of this process per optimizer step (median over the run), so that waiting for "
-                    "other programs on a shared machine is not counted; not wall-clock time"}
+                    "other programs on a shared machine is not counted; not wall-clock time. For the step-time "
+                    "claim, CPU seconds on one thread, the methods' steps timed in turns on the same batch"}
 
 
 class EqualBudget(TrainerCallback):
@@ -252,18 +254,77 @@ class EqualBudget(TrainerCallback):
         return control
 
 
-def time_steps(step_fn, n: int = 5, warmup: int = 1) -> float:
-    """Median seconds of `step_fn()` over `n` calls after `warmup` untimed calls (the median resists noise)."""
-    if n < 1:
-        raise CostError(f"time_steps: n must be >= 1, got {n}")
-    for _ in range(warmup):
-        step_fn()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        step_fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+@contextmanager
+def weights_restored(model):
+    """Let a measurement train `model` and put every trainable weight back afterwards, so that measuring a step
+    does not change the model that is then fine-tuned."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = [p.detach().clone() for p in params]
+    try:
+        yield params
+    finally:
+        with torch.no_grad():
+            for p, old in zip(params, saved):
+                p.copy_(old)
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run the block on `n` CPU threads (None: leave the count alone), restoring torch's count after."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def paired_step_seconds(models: dict, batch: dict, rounds: int = 10, warmup: int = 2, threads: int | None = 1,
+                        lr: float = 1e-3) -> dict[str, float]:
+    """Median seconds of one AdamW step (forward, backward, update) for each of `models` on the same `batch`,
+    timed in turns (a, b, a, b, ...): whatever else the machine does meanwhile slows every model alike, so their
+    ratio is a fair comparison even when the absolute times drift. On a CPU the steps run on `threads` threads and
+    the clock is CPU time (`step_clock`): on one thread that counts the arithmetic, not threads spinning while they
+    wait for each other, which is why timing training itself (on however many cores were free) gives ratios that
+    move with the machine's load. Every weight is restored after (`weights_restored`)."""
+    if rounds < 1 or warmup < 0:
+        raise CostError(f"paired_step_seconds: rounds must be >= 1 and warmup >= 0, got {rounds} and {warmup}")
+    if not models:
+        raise CostError("paired_step_seconds: no models given")
+    if not batch or "labels" not in batch:
+        raise CostError("paired_step_seconds: the batch needs input_ids and labels (the step computes a loss)")
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with ExitStack() as stack:
+        stack.enter_context(torch_threads(threads if model_device(next(iter(models.values()))).type == "cpu"
+                                          else None))
+        steps = {}
+        for name, model in models.items():
+            params = stack.enter_context(weights_restored(model))
+            if not params:
+                raise CostError(f"paired_step_seconds: model {name!r} has no trainable parameters")
+            steps[name] = _timed_step(model, _batch_on(model, batch),
+                                      torch.optim.AdamW(params, lr=lr, weight_decay=0.0))
+        for round_ in range(warmup + rounds):
+            for name, step in steps.items():
+                seconds = step()
+                if round_ >= warmup:
+                    times[name].append(seconds)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def _timed_step(model, batch: dict, optimizer):
+    """A function that runs one training step of `model` on `batch` and returns its seconds on `step_clock`."""
+    device = model_device(model).type
+
+    def step() -> float:
+        model.train()
+        start = step_clock(device)
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return step_clock(device) - start
+    return step
 
 
 def directory_bytes(path: str | Path) -> int:
@@ -505,6 +566,28 @@ def run_comparison(world, seeds, method_families=("llama",), families=zoo.FAMILI
                 seconds[(seed, family)] = steps * row["ms/step"] / 1000
         rows.append(row)
     return rows
+
+
+def step_time_comparison(world, seeds, family: str = "llama", methods=("full", "lora"), rounds: int = 10,
+                         threads: int | None = 1) -> "pd.DataFrame":
+    """Per seed, the median milliseconds of one AdamW step of each method on the same batch of 16 training rows
+    (that seed's split), timed in turns on one CPU thread (`paired_step_seconds`). Fresh models: a step's time does
+    not depend on what the weights have learned. One row per (seed, method)."""
+    import pandas as pd
+    from transformers import set_seed
+
+    rows = []
+    for seed in seeds:
+        task = qa_task(world, seed=seed)
+        models = {}
+        for method in methods:
+            set_seed(seed)
+            model, tok = zoo.load(family)
+            models[method] = apply_method(model, method)
+        seconds = paired_step_seconds(models, example_batch(tok, task.train), rounds=rounds, threads=threads)
+        rows += [{"family": family, "method": m, "seed": seed, "ms/step (paired)": 1000 * seconds[m]}
+                 for m in methods]
+    return pd.DataFrame(rows)
 
 
 # ---- lesson 01's tables: facts, measurements relative to full fine-tuning, and the decision guide ----

@@ -85,12 +85,42 @@ def test_saved_size_adapter_is_a_small_share_of_the_checkpoint(tokenizer, tmp_pa
     assert adapter["weights_mb"] < 0.1 * full["weights_mb"]
 
 
-def test_time_steps_errors():
-    calls = []
-    assert costs.time_steps(lambda: calls.append(1), n=3, warmup=2) >= 0
-    assert len(calls) == 5
-    with pytest.raises(costs.CostError, match="n must be >= 1"):
-        costs.time_steps(lambda: None, n=0)
+def test_paired_step_seconds_times_every_model_in_turns_and_changes_nothing(tokenizer, monkeypatch):
+    full = zoo.build_model("gpt2", tokenizer, SMALL)
+    lora = P.apply_lora(zoo.build_model("gpt2", tokenizer, SMALL), r=2)
+    before = {name: [p.detach().clone() for p in m.parameters()] for name, m in (("full", full), ("lora", lora))}
+    threads_before = torch.get_num_threads()
+    seen_threads, order, clock = [], [], [0.0]
+
+    def fake_clock(device):   # each call advances 1 s for full FT's steps and 0.5 s for LoRA's
+        seen_threads.append(torch.get_num_threads())
+        clock[0] += 0.5 if order and order[-1] == "lora" else 1.0
+        return clock[0]
+
+    monkeypatch.setattr(costs, "step_clock", fake_clock)
+    for name, model in (("full", full), ("lora", lora)):
+        original = model.forward
+        monkeypatch.setattr(model, "forward", lambda *a, _n=name, _f=original, **k: (order.append(_n), _f(*a, **k))[1])
+    seconds = costs.paired_step_seconds({"full": full, "lora": lora}, _batch(), rounds=3, warmup=1)
+    assert order == ["full", "lora"] * 4                       # in turns, warm-up included
+    assert set(seen_threads) == {1} and torch.get_num_threads() == threads_before
+    assert seconds["full"] > seconds["lora"] > 0
+    for name, model in (("full", full), ("lora", lora)):
+        assert all(torch.equal(a, b) for a, b in zip(before[name], model.parameters())), f"timing changed {name}"
+
+
+def test_paired_step_seconds_errors(tokenizer):
+    model = zoo.build_model("gpt2", tokenizer, SMALL)
+    with pytest.raises(costs.CostError, match="rounds must be >= 1"):
+        costs.paired_step_seconds({"m": model}, _batch(), rounds=0)
+    with pytest.raises(costs.CostError, match="no models"):
+        costs.paired_step_seconds({}, _batch())
+    with pytest.raises(costs.CostError, match="needs input_ids and labels"):
+        costs.paired_step_seconds({"m": model}, {"input_ids": _batch()["input_ids"]})
+    for p in model.parameters():
+        p.requires_grad = False
+    with pytest.raises(costs.CostError, match="model 'm' has no trainable parameters"):
+        costs.paired_step_seconds({"m": model}, _batch())
 
 
 class _State:
@@ -229,4 +259,5 @@ def test_qa_task_splits_by_person_and_quality_is_in_range(tokenizer):
 def test_how_measured_names_the_method_and_its_blind_spots():
     cpu, gpu = costs.how_measured("cpu"), costs.how_measured("cuda")
     assert "TensorMemory" in cpu["memory"] and "not seen" in cpu["memory"] and "CPU seconds" in cpu["time"]
+    assert "one thread" in cpu["time"] and "in turns" in cpu["time"] and "in turns" in gpu["time"]
     assert "max_memory_allocated" in gpu["memory"] and "not seen" in gpu["memory"] and "wall-clock" in gpu["time"]
