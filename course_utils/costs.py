@@ -20,6 +20,7 @@ CPU thread, so that load and thread count, which change from run to run, hit bot
 from __future__ import annotations
 
 import math
+import statistics
 import tempfile
 import time
 import weakref
@@ -223,8 +224,7 @@ class EqualBudget(TrainerCallback):
         """The median time of one step so far (the median resists the first step's warm-up and other noise)."""
         if not self.times:
             raise CostError("EqualBudget: no step has been timed yet")
-        ordered = sorted(self.times)
-        return ordered[len(ordered) // 2]
+        return statistics.median_high(self.times)
 
     def _take(self, model) -> dict[str, float]:
         model.eval()
@@ -310,7 +310,7 @@ def paired_step_seconds(models: dict, batch: dict, rounds: int = 10, warmup: int
                 seconds = step()
                 if round_ >= warmup:
                     times[name].append(seconds)
-    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    return {name: statistics.median_high(t) for name, t in times.items()}
 
 
 def _timed_step(model, batch: dict, optimizer):
