@@ -44,7 +44,8 @@ def test_modules_used_names_the_notebook_and_cell_it_cannot_read(tmp_path):
 def test_source_links_point_at_github_and_the_site():
     line = source_links(["forgetting", "zoo"], up=2)
     assert line.startswith("**Course code used here:** ")
-    assert f"[`forgetting`]({REPO_URL}/blob/main/course_utils/forgetting.py) ([site](../../course_utils/forgetting.py))" in line
+    github = f"{REPO_URL}/blob/main/course_utils/forgetting.py"
+    assert f"[`forgetting`]({github}) ([site](../../course_utils/forgetting.py))" in line
     assert source_links([]) == "**Course code used here:** none."
 
 
@@ -52,9 +53,9 @@ def test_source_links_point_at_github_and_the_site():
 def test_first_cell_lists_exactly_the_modules_the_notebook_imports(path):
     first = nbformat.read(path, as_version=4).cells[0].source
     lines = SL.COURSE_CODE_LINE.findall(first)
-    assert lines == [SL.course_code_line(path)], f"{path.name}: the first cell's course-code line is stale; {RERUN}"
+    assert lines == [SL.course_code_line(path)], f"{path.name}: its first cell's course-code line is stale; {RERUN}"
     for module in modules_used(path):
-        assert (PACKAGE_DIR.parent / source.module_path(module)).exists(), f"{path.name} links a missing module {module}"
+        assert (PACKAGE_DIR.parent / source.module_path(module)).exists(), f"{path.name}: no module {module}"
 
 
 @pytest.mark.parametrize("module, path", SL.course_modules().items(), ids=lambda v: str(getattr(v, "name", v)))
@@ -63,7 +64,7 @@ def test_each_module_names_the_lessons_that_import_it(module, path):
         pytest.skip("alignment.py is being split into a subpackage (issue 29), whose docstring gets this line")
     doc = ast.get_docstring(ast.parse(path.read_text()), clean=False)
     expected = SL.used_in_line(USING.get(module, []))
-    assert doc.rstrip().splitlines()[-1] == expected, f"{path.name}: the docstring should end with {expected!r}; {RERUN}"
+    assert doc.rstrip().splitlines()[-1] == expected, f"{path.name}: its docstring should end {expected!r}; {RERUN}"
 
 
 def test_refresh_is_idempotent_and_rewrites_a_stale_list(tmp_path):

@@ -50,7 +50,8 @@ def scoreboard_markdown(directory: Path | None = None) -> str:
 
 # A relative Markdown link to a page source: `](../docs/GLOSSARY.md#lora)` or `](05_overfitting.ipynb)`.
 RELATIVE_PAGE_LINK = re.compile(r"\]\((?!https?:|#)([^)\s]+?)\.(?:md|ipynb)((?:#[^)\s]*)?)\)")
-# A notebook's relative link to a course module's source: `](../course_utils/forgetting.py)`, `](../../course_utils/x/)`.
+# A notebook's relative link to a course module's source: `](../course_utils/forgetting.py)`, `](../../course_utils/x/)`
+# (a subpackage).
 MODULE_LINK = re.compile(r"\]\(((?:\.\./)+)course_utils/(\w+)(?:\.py|/)\)")
 
 
@@ -99,7 +100,8 @@ def _config(lessons: list[Path], solutions: list[Path], code: list[str] = ()) ->
     return {"site_name": "LLM fine-tuning, measured", "docs_dir": "src", "site_dir": "site", "use_directory_urls": False,
             "theme": {"name": "material", "font": False, "features": ["navigation.sections", "search.highlight"]},
             "plugins": ["search", {"mkdocs-jupyter": {"execute": False, "include_source": True}}],
-            "markdown_extensions": ["tables", "toc", "admonition", "pymdownx.highlight", "pymdownx.superfences"], "nav": nav, "validation": {"links": {
+            "markdown_extensions": ["tables", "toc", "admonition", "pymdownx.highlight", "pymdownx.superfences"],
+            "nav": nav, "validation": {"links": {
                 "not_found": "warn", "anchors": "ignore"}}}
 
 
