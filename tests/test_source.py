@@ -47,6 +47,10 @@ def test_source_links_point_at_github_and_the_site():
     github = f"{REPO_URL}/blob/main/course_utils/forgetting.py"
     assert f"[`forgetting`]({github}) ([site](../../course_utils/forgetting.py))" in line
     assert source_links([]) == "**Course code used here:** none."
+    # a subpackage (as alignment becomes) links to its folder; `tools` stands in for one here
+    assert source.module_path("tools") == "course_utils/tools/"
+    assert source.github_url("tools") == f"{REPO_URL}/tree/main/course_utils/tools"
+    assert MODULE_LINK.sub(r"](\1code/\2.html)", "[site](../../course_utils/tools/)") == "[site](../../code/tools.html)"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -86,6 +90,9 @@ def test_refresh_is_idempotent_and_rewrites_a_stale_list(tmp_path):
     solution = nbformat.read(notebooks / "solutions" / "03_solutions.ipynb", as_version=4).cells[0].source
     assert "([site](../../course_utils/quality.py))" in solution
     assert (package / "quality.py").read_text() == '"""Quality.\n\nUsed in lessons: 03\n"""\nX = 1\n'
+    (package / "bare.py").write_text("Z = 3\n")
+    with pytest.raises(SourceError, match="course_utils/bare.py: no module docstring"):
+        SL.refresh(notebooks, package)
     assert (package / "text.py").read_text() == ('"""Text in one line.\n\nUsed in lessons: none (used by other modules '
                                                  'and tools)\n"""\n\nY = 2\n')
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 
 from course_utils.paths import NOTEBOOKS_DIR, PACKAGE_DIR
-from course_utils.source import modules_used, source_links
+from course_utils.source import SourceError, modules_used, source_links
 
 COURSE_CODE_LINE = re.compile(r"^\*\*Course code used here:\*\*.*$", re.M)
 USED_IN_LINE = re.compile(r"^Used in lessons: .*$", re.M)
@@ -67,9 +67,9 @@ def used_in_line(lessons: list[str]) -> str:
 
 def with_used_in(source: str, line: str) -> str:
     """The module's source with its docstring's last line set to `line` (replaced, or added after a blank line)."""
-    doc = ast.parse(source).body[0]
+    doc = (ast.parse(source).body or [None])[0]
     if not (isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)):
-        raise ValueError("the module has no docstring to name its lessons in")
+        raise SourceError("no module docstring to end with the lessons that use it")
     lines = source.splitlines(keepends=True)
     head, body, tail = lines[:doc.lineno - 1], "".join(lines[doc.lineno - 1:doc.end_lineno]), lines[doc.end_lineno:]
     if USED_IN_LINE.search(body):
@@ -97,9 +97,14 @@ def refresh(notebooks_dir: Path = NOTEBOOKS_DIR, package_dir: Path = PACKAGE_DIR
                 nbformat.write(nb, path)
     using = lessons_using(notebooks)
     for module, path in course_modules(package_dir).items():
+        if module in skip:
+            continue
         source = path.read_text(encoding="utf-8")
-        new = with_used_in(source, used_in_line(using.get(module, [])))
-        if module not in skip and new != source:
+        try:
+            new = with_used_in(source, used_in_line(using.get(module, [])))
+        except SourceError as e:
+            raise SourceError(f"{path.relative_to(package_dir.parent)}: {e}") from None
+        if new != source:
             changed.append(path)
             if write:
                 path.write_text(new, encoding="utf-8")
