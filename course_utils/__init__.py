@@ -14,6 +14,7 @@ lesson module never imports another lesson module (what two lessons share lives 
     text       text to ids: BOS/EOS conventions, chat prompts, padding, device placement
     config     one validated base for every training config, and how it becomes `TrainingArguments`
     claims     findings declared before the experiment, and one verdict over the seeds
+    source     where the code a lesson calls lives: the modules a notebook imports, their links, `look_inside`
 
 **Machinery**: what trains and measures models, shared by the lessons.
     world         the synthetic world: people, facts, biographies, Q/A, reviews, safety requests
@@ -33,7 +34,7 @@ lesson module never imports another lesson module (what two lessons share lives 
     bias (07), alignment and safety_filter (08), capstone (09)
 
 **Tools** (`course_utils.tools`, never imported by a notebook): cli (the `course` command), runner, report,
-glossary, build, launch, api_contract, coursemap (runtimes from the benchmark into README and guide), fork (badges and set-up cells at a fork), site (the course as a website), standins (offline look-alikes of the hub checkpoints for gpu rehearsals).
+glossary, build, launch, api_contract, coursemap (runtimes from the benchmark into README and guide), fork (badges and set-up cells at a fork), site (the course as a website), sourcelinks (each notebook's list of the modules it uses, each module's lessons), standins (offline look-alikes of the hub checkpoints for gpu rehearsals).
 """
 
 import os as _os

@@ -19,6 +19,8 @@ Debiasing methods, each a small function:
 Held out means held out: `heldout_probes` writes the bias probe with templates the training reviews never use,
 and `heldout_bias` swaps the group with companies that never occur in training (nor in the augmentation's swaps),
 so counterfactual augmentation is judged on pairs it never saw and could fail.
+
+Used in lessons: 07
 """
 
 from __future__ import annotations

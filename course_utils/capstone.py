@@ -5,6 +5,8 @@ Nothing here holds a result. Each number is read from a lesson's saved table (`r
 see `results.py`) through a `Metric`: "the mean of column C over the rows where method == M". The decision
 rules of `choose_recipe` compare such measured numbers, so a learner who reruns a lesson on a GPU with real
 models (where, say, LoRA does learn new facts) gets a recipe that follows *their* measurements.
+
+Used in lessons: 09
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ the value in each seed, the mean with a 95 % interval (Student's t over the seed
 and the verdict (`held` in every seed, `not reproduced` in none, `mixed` otherwise). `check` then fails the
 notebook exactly when a verdict differs from its declaration, naming the claim and its per-seed numbers: a claim
 declared as not reproducing that starts to reproduce fails too, so the prose gets updated.
+
+Used in lessons: 00, 01, 02, 03, 04, 05, 06, 07, 08, 09
 """
 
 from __future__ import annotations

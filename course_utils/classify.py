@@ -4,6 +4,8 @@ A decoder-only model classifies by reading the hidden state of the *last real to
 (`GPT2ForSequenceClassification`, `Qwen2ForSequenceClassification`, `LlamaForSequenceClassification`). The head
 finds that token via `config.pad_token_id`, so it must be set. Lessons 03 (data quality), 04 (noise) and 07 (bias)
 all fine-tune such a classifier and compare accuracies, so the recipe lives here once.
+
+Used in lessons: 07, 08
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ was asked. Integers that numpy produces (`np.int64(8)`) are accepted like Python
 
 `config.training_arguments(...)` turns the shared fields into `transformers.TrainingArguments` through
 `training_args`, the course's defaults (no reporting, no checkpoints unless asked, CPU when there is no GPU).
+
+Used in lessons: none (used by other modules and tools)
 """
 
 from __future__ import annotations

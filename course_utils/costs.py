@@ -15,6 +15,8 @@ the lesson's output). Step time is timed per optimizer step by `EqualBudget` whi
 process on a CPU (a shared machine's waiting is not counted), synchronised wall-clock on a GPU. Comparing two
 methods' step times needs more care (`paired_step_seconds`): their steps timed in turns on the same batch, on one
 CPU thread, so that load and thread count, which change from run to run, hit both alike.
+
+Used in lessons: 01
 """
 
 from __future__ import annotations

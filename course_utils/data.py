@@ -2,6 +2,8 @@
 
 Real fine-tuning data goes bad in boring ways: a truncated line, a missing field, a wrong type. A learner should
 see *where* ("qa.jsonl line 17: missing field 'answer'"), not a traceback from inside a library.
+
+Used in lessons: none (used by other modules and tools)
 """
 
 from __future__ import annotations

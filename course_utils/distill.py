@@ -8,6 +8,8 @@ training example carries far more information (Hinton et al. 2015, "dark knowled
 
 T > 1 softens both distributions so the small probabilities matter; the T^2 factor keeps the gradient size
 comparable as T changes. `alpha=0` is plain fine-tuning on hard labels (the teacher is not even run).
+
+Used in lessons: none (used by other modules and tools)
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The course's own error type: one line that says what went wrong and where, never a deep library traceback."""
+"""The course's own error type: one line that says what went wrong and where, never a deep library traceback.
+
+Used in lessons: none (used by other modules and tools)
+"""
 
 
 class CourseError(Exception):

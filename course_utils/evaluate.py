@@ -2,6 +2,8 @@
 
 Everything runs under `torch.no_grad()`, in batches, deterministically (greedy decoding, no sampling), so a number
 in a notebook is the same every time the notebook runs on the same machine.
+
+Used in lessons: 00, 01, 04
 """
 
 from __future__ import annotations

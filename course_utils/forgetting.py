@@ -18,6 +18,8 @@ holds the pieces lesson 02 needs to *measure* that loss and to fight it:
 
 EWC and the Fisher are written by hand because neither `transformers`, `peft` nor `trl` provides them; everything
 else (training loop, schedules, adapters) is the Hugging Face `Trainer` and `peft`.
+
+Used in lessons: 02, 09
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ parameter), and QLoRA in 4 bits (~0.5 byte), which is how a 7 B model fits a fre
 
 Everything here is plain Python and `transformers` config objects, so it is unit-tested on CPU; only
 `from_pretrained` with these settings needs CUDA (and `bitsandbytes` for 4 bits: `pip install bitsandbytes`).
+
+Used in lessons: none (used by other modules and tools)
 """
 
 from __future__ import annotations

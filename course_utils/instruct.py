@@ -12,6 +12,8 @@ Hugging Face `Trainer`), continue pretraining on plain text, and grade what come
   the right value; `token_roles` names the part of the answer each token is (name, template, value, end).
 - `copying`: answers about a person the model does not know that talk about a person from the fine-tuning data
   instead, and borrow that person's fact: pattern copying, which reads as a confident hallucination.
+
+Used in lessons: 06
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ fine-tunes that differ only by their data order (`against_floor`). Lesson 04 ask
 blocks more than the lower ones, and attention less than hidden states, as Li & Sen (2026) report for 7 B
 models; with four blocks, what it finds is declared and measured there, not stated here. `torch` computes
 everything; no library ships CKA for Hugging Face models, and the formula is three lines.
+
+Used in lessons: 04
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ of samples, as in that study), corrupts each chosen sample, and returns the nois
 
 No library offers seeded, recorded, rate-exact text corruption of this kind (nlpaug-style augmenters draw their
 own randomness and do not report which rows changed), so the few rules are written out here.
+
+Used in lessons: 04
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ would use on a real model:
   Llama only have attention dropout);
 - **weight decay**: AdamW shrinks every weight a little each step (`weight_decay`);
 - **LoRA rank**: train a low-rank update instead of every weight, a hard limit on what can change.
+
+Used in lessons: 05
 """
 
 from __future__ import annotations

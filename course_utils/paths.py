@@ -1,4 +1,7 @@
-"""Where things live: the repository, its shipped data and models, and the run outputs of a learner."""
+"""Where things live: the repository, its shipped data and models, and the run outputs of a learner.
+
+Used in lessons: 00
+"""
 
 from __future__ import annotations
 

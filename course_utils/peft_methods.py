@@ -18,6 +18,8 @@ The methods of lesson 01, from most to fewest trainable parameters (`apply_metho
 `adapter` is hand-written (`add_bottleneck_adapters`): peft 0.21 has no Houlsby-style bottleneck adapter (its
 "adaption prompt" is LLaMA-Adapter, a prompt method), and the `adapters` library is not among the course's pinned
 dependencies.
+
+Used in lessons: 01
 """
 
 from __future__ import annotations

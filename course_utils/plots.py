@@ -1,4 +1,7 @@
-"""Plots the lessons share. Each returns the matplotlib figure so a notebook can show or save it."""
+"""Plots the lessons share. Each returns the matplotlib figure so a notebook can show or save it.
+
+Used in lessons: 00
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 The shipped models were trained here with the ordinary `Trainer` until they recalled every attribute of the seen
 people; lesson 00 shows the resulting recall curve (`build_info.json`). A learner rarely calls this directly: it
 takes minutes per model on two cores, which is why the results are shipped.
+
+Used in lessons: none (used by other modules and tools)
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Two profiles share one code path. `cpu` (the default without a GPU, and what CI runs) uses the tiny shipped
 models and never touches the network; `gpu` uses real hub checkpoints of the same families. The learner can force
 either with the `COURSE_PROFILE` environment variable.
+
+Used in lessons: 00, 01, 02, 03, 04, 05, 06, 07, 08, 09
 """
 
 from __future__ import annotations

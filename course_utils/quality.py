@@ -19,6 +19,8 @@ The label-error detector is confident learning (Northcutt et al. 2021) as implem
 *out-of-fold* predicted probabilities, i.e. a K-fold cross-validated classifier. Training the course's LLM K
 times would cost minutes, so the detector uses cheap features (bag of words + logistic regression in
 scikit-learn), as cleanlab's own tutorials do; the LLM is fine-tuned once on the cleaned result.
+
+Used in lessons: 03
 """
 
 from __future__ import annotations

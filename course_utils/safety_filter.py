@@ -4,6 +4,8 @@ Defence in depth: alignment lives in the model's weights, and fine-tuning can er
 classifier on the *request* does not care what the chat model was fine-tuned on, so it keeps blocking after the
 model is broken. Its cost is measured the usual way for a detector: **recall** (share of unsafe requests blocked)
 and **precision** (share of blocked requests that were unsafe); every false positive is an over-refusal.
+
+Used in lessons: 08
 """
 
 from __future__ import annotations

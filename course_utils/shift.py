@@ -19,6 +19,8 @@ summary functions below turn it into class shares, KL quantiles, KL by position 
 Measuring with care (see LIBRARY_NOTES): every sequence starts with BOS (else the first position adds several
 nats of noise); report the median and quantiles next to the mean, since a few positions where the base is nearly
 certain dominate the mean; and score text the base model knows, since on text it never saw every model is far off.
+
+Used in lessons: 06
 """
 
 from __future__ import annotations

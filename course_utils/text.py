@@ -6,6 +6,8 @@ Every helper that feeds a model goes through these few functions, so one convent
 - a chat prompt is the tokenizer's own chat template with the assistant turn opened (`chat_turn`);
 - batches are padded with `pad_id` (the pad token, else EOS), left-padded for generation, right-padded otherwise;
 - tensors go to the device the model's weights live on (`model_device`).
+
+Used in lessons: none (used by other modules and tools)
 """
 
 from __future__ import annotations

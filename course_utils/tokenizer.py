@@ -3,6 +3,8 @@
 The world has a closed vocabulary, so BPE stops at about 2 k tokens and every surname and attribute value
 becomes a single token. Byte-level means *any* text still encodes (typos, foreign characters, encoding debris),
 which the noise and data-quality lessons need. The chat template is the same shape as real chat models'.
+
+Used in lessons: none (used by other modules and tools)
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Lessons train with the Hugging Face `Trainer` (or `trl` trainers built on it), so what a learner sees here is what
 they will use on real models. This module only fixes the defaults that matter for a small, repeatable, offline run.
+
+Used in lessons: 02
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ In the `cpu` profile each family is a ~1 M-parameter model pretrained by `course
 shipped as safetensors in `data_samples/models/<family>/`; in the `gpu` profile it is a real hub checkpoint.
 A local folder is checked before any model is built (`check_folder`): its config must be its folder's family and
 agree with the shapes in the safetensors header, so a damaged or mismatched file is one line naming it.
+
+Used in lessons: 00, 01, 02, 04, 05, 06, 08, 09
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import course_utils
 
 PACKAGE = Path(course_utils.__file__).parent
 
-GROUND = {"errors", "paths", "data", "profiles", "results", "tokenizer", "text", "config", "claims"}
+GROUND = {"errors", "paths", "data", "profiles", "results", "tokenizer", "text", "config", "claims", "source"}
 MACHINERY = {"world", "zoo", "pretrain", "train", "evaluate", "peft_methods", "classify", "distill", "gpu",
              "layers", "plots"}
 LESSONS = {"costs", "forgetting", "quality", "noise", "overfitting", "instruct", "shift", "bias", "alignment",

@@ -9,6 +9,8 @@ It uses MkDocs with mkdocs-jupyter (notebooks to pages through nbconvert) and th
 and pinned in pyproject.toml. The sources are laid out as in the repository (`notebooks/`, `docs/`), so the links
 the notebooks and the README already use (`../docs/GLOSSARY.md#lora`, `notebooks/05_overfitting.ipynb`) resolve in
 the site unchanged; the theme's web fonts are switched off, so a built page makes no request outside itself.
+Every course module has a page of its own showing its source (`code/<module>.html`): a notebook's "Course code
+used here" line links there (`../course_utils/x.py` in the notebook, pointed at the page when it is copied).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import shutil
 from pathlib import Path
 
 from course_utils.errors import CourseError
-from course_utils.paths import NOTEBOOKS_DIR, REPO_DIR, REPO_URL, RUNS_DIR
+from course_utils.paths import NOTEBOOKS_DIR, PACKAGE_DIR, REPO_DIR, REPO_URL, RUNS_DIR
 from course_utils.results import load_results, results_dir, saved_lessons
 from course_utils.tools.report import lesson_title, scoreboard_rows
 from course_utils.tools.runner import lesson_notebooks
+from course_utils.tools.sourcelinks import (NOT_IN_A_LESSON, course_modules, course_notebooks, lesson_number,
+                                            lessons_using)
 
 
 class SiteError(CourseError):
@@ -46,6 +50,32 @@ def scoreboard_markdown(directory: Path | None = None) -> str:
 
 # A relative Markdown link to a page source: `](../docs/GLOSSARY.md#lora)` or `](05_overfitting.ipynb)`.
 RELATIVE_PAGE_LINK = re.compile(r"\]\((?!https?:|#)([^)\s]+?)\.(?:md|ipynb)((?:#[^)\s]*)?)\)")
+# A notebook's relative link to a course module's source: `](../course_utils/forgetting.py)`, `](../../course_utils/x/)`
+# (a subpackage).
+MODULE_LINK = re.compile(r"\]\(((?:\.\./)+)course_utils/(\w+)(?:\.py|/)\)")
+
+
+def _code_block(path: Path, repo_dir: Path) -> list[str]:
+    """A file's source as a numbered, highlighted block under its path and GitHub link."""
+    rel, code = path.relative_to(repo_dir).as_posix(), path.read_text(encoding="utf-8")
+    fence = "`" * max(3, 1 + max(map(len, re.findall(r"`+", code)), default=0))  # longer than any run inside
+    return ["", f"## `{rel}`", "", f"[On GitHub]({REPO_URL}/blob/main/{rel})", "",
+            f'{fence}python linenums="1"', code.rstrip("\n"), fence]
+
+
+def module_pages(repo_dir: Path = REPO_DIR) -> dict[str, str]:
+    """{`code/<module>.md`: a page with the module's source, line-numbered as on GitHub, and the lessons that
+    import it} for every course module (a subpackage: one page, a section per file)."""
+    notebooks = course_notebooks(repo_dir / "notebooks")
+    lesson_page = {lesson_number(p): p.name for p in notebooks if p.parent.name == "notebooks"}
+    using, pages = lessons_using(notebooks), {}
+    for module, path in course_modules(repo_dir / PACKAGE_DIR.name).items():
+        lessons = [f"[{n}](../notebooks/{lesson_page[n]})" for n in using.get(module, []) if n in lesson_page]
+        lines = [f"# `{module}`", "", f"Used in lessons: {', '.join(lessons) or NOT_IN_A_LESSON}."]
+        for f in sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [path]:
+            lines += _code_block(f, repo_dir)
+        pages[f"code/{module}.md"] = "\n".join(lines) + "\n"
+    return pages
 
 
 def copy_notebook_for_site(source: Path, target: Path) -> None:
@@ -56,19 +86,22 @@ def copy_notebook_for_site(source: Path, target: Path) -> None:
         if cell.get("cell_type") == "markdown":
             text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
             text = text.replace(f"]({REPO_URL}/blob/main/docs/", "](../docs/")  # the site's own glossary page
+            text = MODULE_LINK.sub(r"](\1code/\2.html)", text)  # the module's page on the site
             cell["source"] = RELATIVE_PAGE_LINK.sub(r"](\1.html\2)", text)
     target.write_text(json.dumps(nb, ensure_ascii=False), encoding="utf-8")
 
 
-def _config(lessons: list[Path], solutions: list[Path]) -> dict:
+def _config(lessons: list[Path], solutions: list[Path], code: list[str] = ()) -> dict:
     nav = [{"Home": "index.md"},
            {"Lessons": [{lesson_title(p): f"notebooks/{p.name}"} for p in lessons]},
            {"Solutions": [{p.stem.replace("_", " "): f"notebooks/solutions/{p.name}"} for p in solutions]},
+           {"Course code": [{Path(page).stem: page} for page in code]},
            {"Glossary": "docs/GLOSSARY.md"}, {"Workshop guide": "docs/WORKSHOP.md"}, {"Scoreboard": "scoreboard.md"}]
     return {"site_name": "LLM fine-tuning, measured", "docs_dir": "src", "site_dir": "site", "use_directory_urls": False,
             "theme": {"name": "material", "font": False, "features": ["navigation.sections", "search.highlight"]},
             "plugins": ["search", {"mkdocs-jupyter": {"execute": False, "include_source": True}}],
-            "markdown_extensions": ["tables", "toc", "admonition"], "nav": nav, "validation": {"links": {
+            "markdown_extensions": ["tables", "toc", "admonition", "pymdownx.highlight", "pymdownx.superfences"],
+            "nav": nav, "validation": {"links": {
                 "not_found": "warn", "anchors": "ignore"}}}
 
 
@@ -94,8 +127,12 @@ def build_site(out_dir: Path | None = None, repo_dir: Path = REPO_DIR) -> Path:
         shutil.copy(p, src / "docs" / p.name)
     (src / "index.md").write_text((repo_dir / "README.md").read_text(encoding="utf-8"), encoding="utf-8")
     (src / "scoreboard.md").write_text(scoreboard_markdown(), encoding="utf-8")
+    pages = module_pages(repo_dir)
+    (src / "code").mkdir()
+    for page, text in pages.items():
+        (src / page).write_text(text, encoding="utf-8")
     config_file = out_dir / "mkdocs.yml"
-    config_file.write_text(json.dumps(_config(lessons, solutions), indent=1))  # JSON is valid YAML
+    config_file.write_text(json.dumps(_config(lessons, solutions, list(pages)), indent=1))  # JSON is valid YAML
     config = load_config(config_file=str(config_file))
     build(config)
     return out_dir / "site"
