@@ -271,7 +271,8 @@ def test_numpy_threshold_is_accepted():
 @pytest.mark.parametrize("name", ["../x", "../../etc/passwd", "/etc/passwd", "a/../../b"])
 def test_load_results_stays_in_its_folder(tmp_path, name):
     inside = tmp_path / "results"
-    good_record(tmp_path, "x")
+    inside.mkdir()
+    good_record(tmp_path, "x")  # tmp_path/x.json: one folder up
     clear_error(results.load_results, name, inside, match="lesson")
 
 
