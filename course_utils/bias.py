@@ -40,6 +40,7 @@ from course_utils.classify import (ClassifierConfig, load_classifier, out_of_fol
                                    tokenize_labelled, train_classifier)
 from course_utils.data import DataError
 from course_utils.errors import check_rate, check_rows
+from course_utils.profiles import env_choice
 from course_utils.text import encode, model_device, pad_batch
 from course_utils.train import quiet, with_finite_guard
 
@@ -446,7 +447,7 @@ def is_interactive() -> bool:
     means nobody is there to click. When unsure, the answer is False: the scripted reviewer runs, which always
     finishes.
     """
-    forced = os.environ.get("COURSE_REVIEW", "").strip().lower()
+    forced = env_choice("COURSE_REVIEW", ("widget", "human", "interactive", "scripted", "script", "ci", "headless"))
     if forced in ("widget", "human", "interactive"):
         return True
     if forced in ("scripted", "script", "ci", "headless"):

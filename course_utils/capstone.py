@@ -20,11 +20,11 @@ from typing import Any, Mapping, Sequence
 
 from transformers import EarlyStoppingCallback
 
-from course_utils.claims import rehearsal
 from course_utils.config import training_args
 from course_utils.errors import CourseError
 from course_utils.gpu import BYTES_PER_PARAM
 from course_utils.peft_methods import apply_lora
+from course_utils.profiles import dry_run
 from course_utils.paths import REFERENCE_RESULTS_DIR
 from course_utils.results import load_results
 from course_utils.train import ForgettingMonitor, causal_lm_trainer, rehearsal_set
@@ -67,7 +67,7 @@ class Metric:
             return float("nan")
         rows = self.rows(records[self.lesson]["table"])
         values = [float(r[self.column]) for r in rows if r.get(self.column) is not None]
-        if not values and rehearsal() and rows:  # stand-ins leave matched-learning measures undefined
+        if not values and dry_run() and rows:  # stand-ins leave matched-learning measures undefined
             return float("nan")
         if not values:
             raise CapstoneError(f"{self.lesson}: no rows with a value in column {self.column!r} matching "

@@ -19,14 +19,15 @@ Used in lessons: 00, 01, 02, 03, 04, 05, 06, 07, 08, 09
 from __future__ import annotations
 
 import math
+import numbers
 import operator
-import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from course_utils.errors import CourseError
+from course_utils.errors import CourseError, Limit, check_number
+from course_utils.profiles import dry_run
 
 EXPECTATIONS = ("holds", "does not reproduce here", "mixed")
 VERDICTS = {"holds": "held", "does not reproduce here": "not reproduced", "mixed": "mixed"}
@@ -62,9 +63,9 @@ class Claim:
             raise ClaimError(f"Claim {self.name!r}: published must be a string (the cited figure, or '')")
         if self.op not in OPS:
             raise ClaimError(f"Claim {self.name!r}: op must be one of {sorted(OPS)}, got {self.op!r}")
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
-                or not math.isfinite(self.threshold):
-            raise ClaimError(f"Claim {self.name!r}: threshold must be a finite number, got {self.threshold!r}")
+        threshold = check_number(self.threshold, f"Claim {self.name!r}", "threshold", float, error=ClaimError)
+        if type(self.threshold) not in (int, float):  # numpy's numbers become the Python number they equal
+            object.__setattr__(self, "threshold", threshold)
         if self.expect not in EXPECTATIONS:
             raise ClaimError(f"Claim {self.name!r}: expect must be one of {EXPECTATIONS}, got {self.expect!r}")
 
@@ -101,6 +102,10 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     """(mean, low, high): the mean of `values` with a two-sided Student-t interval over them (NaN width for n=1)."""
     from scipy import stats
 
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) == 0:
+        raise ClaimError(f"t_interval: values must be a non-empty list of numbers, got {values!r:.60}")
+    values = [check_number(v, "t_interval", f"value {i}", float, error=ClaimError) for i, v in enumerate(values)]
+    level = check_number(level, "t_interval", "level", float, Limit(0, 1, True, True), ClaimError)
     n = len(values)
     mean = float(sum(values) / n)
     if n < 2:
@@ -118,11 +123,17 @@ def _values(claim: Claim, measured: Mapping[str, Mapping[Any, float]]) -> dict[A
         raise ClaimError(f"verdicts: claim {claim.name!r} needs a dict {{seed: value}} with at least one seed")
     out = {}
     for seed, value in per_seed.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "item"):
-            raise ClaimError(f"verdicts: claim {claim.name!r}, seed {seed}: value {value!r} is not a number")
+        if hasattr(value, "item") and not isinstance(value, numbers.Real):  # a one-element numpy or torch value
+            try:
+                value = value.item()
+            except (ValueError, TypeError, RuntimeError):
+                pass
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            shown = " ".join(repr(value)[:60].split())
+            raise ClaimError(f"verdicts: claim {claim.name!r}, seed {seed}: value {shown} is not a number")
         value = float(value)
         if not math.isfinite(value):
-            if rehearsal():  # stand-ins that learn nothing leave some measures undefined; shown, never asserted
+            if dry_run():  # stand-ins that learn nothing leave some measures undefined; shown, never asserted
                 continue
             raise ClaimError(f"verdicts: claim {claim.name!r}, seed {seed}: value is {value} (not finite)")
         out[seed] = value
@@ -131,7 +142,7 @@ def _values(claim: Claim, measured: Mapping[str, Mapping[Any, float]]) -> dict[A
 
 def verdict_of(held: int, n: int) -> str:
     """'held' when the test held in every seed, 'not reproduced' in none, 'mixed' otherwise ('not measured' when no
-    seed gave a finite value, which only a rehearsal allows)."""
+    seed gave a finite value, which only a dry run allows)."""
     if n == 0:
         return "not measured"
     return "held" if held == n else "not reproduced" if held == 0 else "mixed"
@@ -153,16 +164,10 @@ def verdicts(claims: Sequence[Claim], measured: Mapping[str, Mapping[Any, float]
     return pd.DataFrame(rows).set_index("claim")
 
 
-def rehearsal() -> bool:
-    """True when the course runs as a rehearsal (`COURSE_REHEARSAL=1`, stand-in models that know nothing):
-    verdicts are computed and shown but not asserted."""
-    return os.environ.get("COURSE_REHEARSAL", "").strip() not in ("", "0")
-
-
 def check(table: pd.DataFrame) -> None:
     """Fail, naming each claim and its per-seed numbers, when a verdict differs from what was declared."""
     wrong = table[~table["as declared"]]
-    if len(wrong) == 0 or rehearsal():
+    if len(wrong) == 0 or dry_run():
         return
     lines = [f"{name}: declared '{row['we expect']}', verdict '{row['verdict']}' ({row['held in']}; "
              f"{row['per-seed test']}; per seed {row['values']})" for name, row in wrong.iterrows()]
@@ -206,4 +211,4 @@ def per_seed(rows: Iterable[Mapping[str, Any]], seed_key: str = "seed", **column
 
 
 __all__ = ["Claim", "ClaimError", "EXPECTATIONS", "check", "declaration_table", "declare", "measured_table",
-           "per_seed", "records", "rehearsal", "t_interval", "verdict_of", "verdicts"]
+           "per_seed", "records", "t_interval", "verdict_of", "verdicts"]

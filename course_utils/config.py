@@ -24,7 +24,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from course_utils.errors import CourseError
+from course_utils.errors import CourseError, Limit, check_number
 from course_utils.profiles import use_cpu
 
 
@@ -43,25 +43,6 @@ LIBRARY_CALLS = {
                                        "dataloader_num_workers", "disable_tqdm", "remove_unused_columns",
                                        "max_steps", "num_train_epochs", "weight_decay"],
 }
-
-
-@dataclass(frozen=True)
-class Limit:
-    """The allowed range of a numeric field: `low <= x <= high` (`low < x` with `low_open`)."""
-
-    low: float
-    high: float
-    low_open: bool = False
-
-    def text(self) -> str:
-        def show(v: float) -> str:
-            return f"{int(v):,}" if float(v).is_integer() else f"{v:g}"
-
-        return f"{'(' if self.low_open else '['}{show(self.low)}, {show(self.high)}]"
-
-    def admits(self, value: float) -> bool:
-        above = value > self.low if self.low_open else value >= self.low
-        return above and value <= self.high
 
 
 # The course's vocabulary of training fields, with the range each may take. A config may narrow or add ranges in
@@ -104,22 +85,12 @@ def check_field(owner: str, name: str, value: Any, hint: Any, limit: Limit | Non
         if not isinstance(value, bool):
             raise error(f"{where} must be True or False, got {value!r}")
         return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise error(f"{where} must be an integer{' in ' + limit.text() if limit else ''}, got {value!r}")
-        value = int(value)
-    elif kind is float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise error(f"{where} must be a finite number{' in ' + limit.text() if limit else ''}, got {value!r}")
-        value = float(value)
-    elif kind is str:
+    if kind in (int, float):
+        return check_number(value, owner, name, kind, limit, error)
+    if kind is str:
         if not isinstance(value, str):
             raise error(f"{where} must be a string, got {value!r}")
         return value
-    else:
-        return value
-    if limit is not None and not limit.admits(value):
-        raise error(f"{where} must be in {limit.text()}, got {value!r}")
     return value
 
 
@@ -165,6 +136,38 @@ class CourseConfig:
         return training_args(**kwargs)
 
 
+# Every number a trainer reads, with its kind and range: the one gate in `training_args`, so nothing reaches
+# `TrainingArguments` that it would misread (`max_steps=0` trains one step and `-5` three epochs; a NaN weight
+# decay or a seed of -1 is taken as given). `max_steps` is left out, not set to -1, to train by epochs.
+TRAINER_NUMBERS: dict[str, tuple[type, Limit, str | None]] = {
+    "max_steps": (int, Limit(1, 10**9), "an integer >= 1 (leave it out to train by epochs)"),
+    "num_train_epochs": (float, Limit(0, 10**4, low_open=True), "a positive number"),
+    "learning_rate": (float, Limit(0, math.inf, low_open=True), "a positive number"),
+    "weight_decay": (float, Limit(0, 10), None),
+    "seed": (int, Limit(0, 2**32 - 1), None), "data_seed": (int, Limit(0, 2**32 - 1), None),
+    "warmup_steps": (float, Limit(0, 10**9), None), "warmup_ratio": (float, Limit(0, 1), None),
+    "per_device_train_batch_size": (int, Limit(1, math.inf), "a positive integer"),
+    "per_device_eval_batch_size": (int, Limit(1, math.inf), "a positive integer"),
+    "gradient_accumulation_steps": (int, Limit(1, math.inf), "a positive integer"),
+    "logging_steps": (float, Limit(0, 10**9, low_open=True), None),
+    "save_steps": (float, Limit(0, 10**9, low_open=True), None),
+    "eval_steps": (float, Limit(0, 10**9, low_open=True), None),
+    "save_total_limit": (int, Limit(1, math.inf), "a positive integer"),
+    "max_grad_norm": (float, Limit(0, math.inf), None),
+    "adam_beta1": (float, Limit(0, 1, high_open=True), None), "adam_beta2": (float, Limit(0, 1, high_open=True), None),
+    "adam_epsilon": (float, Limit(0, 1, low_open=True), None),
+}
+
+
+def trainer_number(key: str, value: Any, kind: type, limit: Limit, says: str | None) -> Any:
+    """`value` for `TrainingArguments` keyword `key` through the numeric gate: a valid Python number is passed on
+    unchanged, a numpy one as the Python number it equals; anything else is a one-line `TrainingSettingsError`."""
+    checked = check_number(value, "training_args", key, kind, limit, TrainingSettingsError, says)
+    if type(value) in (int, float):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else checked
+
+
 def training_args(output_dir: str | None = None, **overrides):
     """`TrainingArguments` with course defaults: no reporting, no checkpoints unless asked, CPU when no GPU.
 
@@ -185,17 +188,11 @@ def training_args(output_dir: str | None = None, **overrides):
     if unknown:
         raise TrainingSettingsError(f"training_args: unknown TrainingArguments keyword(s) {unknown} "
                                     f"(renamed in transformers {transformers.__version__}?)")
-    for key in ("learning_rate", "num_train_epochs"):
-        value = defaults[key] if key in defaults else None
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0
-                                  or not math.isfinite(value)):
-            raise TrainingSettingsError(f"training_args: {key} must be a positive number, got {value!r}")
-    batch = defaults["per_device_train_batch_size"]
-    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
-        raise TrainingSettingsError(f"training_args: per_device_train_batch_size must be a positive integer, "
-                                    f"got {batch!r}")
-    defaults["per_device_train_batch_size"] = int(batch)
+    for key, (kind, limit, says) in TRAINER_NUMBERS.items():
+        if key in defaults and (defaults[key] is not None or known[key].default is not None):
+            defaults[key] = trainer_number(key, defaults[key], kind, limit, says)
     try:
         return TrainingArguments(**defaults)
-    except ValueError as err:  # transformers' own consistency checks: keep the message, drop the traceback
-        raise TrainingSettingsError(f"training_args: {str(err).strip().splitlines()[0]}") from None
+    except (ValueError, TypeError) as err:  # transformers' own checks: keep the message, drop the traceback
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise TrainingSettingsError(f"training_args: {first}") from None

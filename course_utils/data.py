@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from course_utils.errors import CourseError
+from course_utils.errors import CourseError, check_text
 from course_utils.paths import DATA_DIR
 
 
@@ -32,9 +32,11 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
         if not isinstance(row, dict):
             raise DataError(f"write_jsonl {path.name}: row {i} is {type(row).__name__}, not a dict")
         try:
-            lines.append(json.dumps(row, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n")
-        except (TypeError, ValueError) as err:
-            raise DataError(f"write_jsonl {path.name}: row {i} cannot be written as JSON ({err})") from None
+            line = json.dumps(row, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+        except (TypeError, ValueError, RecursionError) as err:
+            raise DataError(f"write_jsonl {path.name}: row {i} cannot be written as JSON "
+                            f"({type(err).__name__}: {str(err)[:80]})") from None
+        lines.append(check_text(line, f"write_jsonl {path.name}", f"row {i}", DataError))
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="\n") as f:
         f.writelines(lines)
@@ -90,8 +92,14 @@ def _parse_line(line: str) -> Any:
     try:
         return json.loads(line, object_pairs_hook=_unique_keys, parse_constant=_no_constant,
                           parse_float=_finite_float)
+    except _Refused:
+        raise
     except json.JSONDecodeError as err:
         raise _Refused(f"malformed JSON ({err.msg} at column {err.colno})") from None
+    except RecursionError:
+        raise _Refused("the JSON is nested too deeply to read") from None
+    except ValueError as err:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise _Refused(f"a number that cannot be read ({str(err).split(';')[0]})") from None
 
 
 def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, Any]]:

@@ -31,11 +31,11 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from transformers import Trainer
 
-from course_utils.claims import rehearsal
 from course_utils.config import CourseConfig, Limit
 from course_utils.errors import CourseError
 from course_utils.evaluate import fact_recall, perplexity
 from course_utils.peft_methods import apply_lora
+from course_utils.profiles import dry_run
 from course_utils.text import encode, model_device, pad_batch, pad_id
 from course_utils.train import ForgettingMonitor, causal_lm_trainer, rehearsal_set, tokenize_texts
 from course_utils.train import mix_rehearsal, rehearsal_count  # noqa: F401  (lesson 02 calls them as F.*)
@@ -509,7 +509,7 @@ def choose_on_validation(summary: "pd.DataFrame", method: str, key: str = "val_o
     chosen = {}
     for seed, runs in rows.groupby("seed", sort=False):
         feasible = runs.dropna(subset=[key])
-        if feasible.empty and rehearsal():  # stand-ins learn nothing: keep the code path, take the first setting
+        if feasible.empty and dry_run():  # stand-ins learn nothing: keep the code path, take the first setting
             chosen[seed] = runs["setting"].iloc[0]
             continue
         if feasible.empty:

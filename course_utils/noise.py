@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from course_utils import layers, zoo
-from course_utils.claims import rehearsal
 from course_utils.config import CourseConfig, training_args
 from course_utils.errors import CourseError, check_rate, check_rows
 from course_utils.evaluate import generate
+from course_utils.profiles import dry_run
 from course_utils.train import causal_collator, tokenize_prompt_completion, with_finite_guard
 from course_utils.world import ATTRIBUTES
 
@@ -413,9 +413,9 @@ class StudyConfig(CourseConfig):
     @classmethod
     def for_profile(cls, profile: str) -> "StudyConfig":
         """cpu: the shipped ~1 M models at a high learning rate; gpu: hub models (124 M - 500 M parameters) need a
-        small one and more steps. A rehearsal (stand-ins, `COURSE_REHEARSAL=1`) runs the gpu code path on the
+        small one and more steps. A dry run (stand-ins, `COURSE_REHEARSAL=1`) runs the gpu code path on the
         smallest grid that still exercises every step: it checks code, not findings."""
-        if profile == "gpu" and rehearsal():
+        if profile == "gpu" and dry_run():
             return cls(n_train=32, n_val=16, n_test=16, steps=4, learning_rate=3e-5, log_every=2, n_probe=8)
         if profile == "gpu":
             return cls(steps=120, learning_rate=3e-5)

@@ -9,14 +9,18 @@ Used in lessons: 00, 01, 02, 03, 04, 05, 06, 07, 08, 09
 
 from __future__ import annotations
 
-import numbers
+import math
 import os
 import platform
 import random
+import re
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
+from typing import Callable, TypeVar
 
-from course_utils.errors import CourseError
+from course_utils.errors import CourseError, Limit, check_number
+from course_utils.errors import check_seed as _check_seed
 
 
 PROFILES = ("cpu", "gpu")
@@ -25,7 +29,91 @@ REPORTED_PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "tokeni
 
 
 class ProfileError(CourseError):
-    """An unknown profile, or a profile this machine cannot run."""
+    """An unknown profile, or a profile this machine cannot run, or a course environment variable that makes no
+    sense (its own line names the variable)."""
+
+
+# ------------------------------------------------------------------------------------ environment variables
+# Every `COURSE_*` variable is read here, one way: surrounding blanks are ignored, an empty value means "not set",
+# and a value that makes no sense is a one-line `ProfileError` that names the variable, never a silent default.
+T = TypeVar("T")
+ON, OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def env_text(name: str) -> str | None:
+    """The variable `name` without surrounding blanks; None when it is unset or blank."""
+    text = os.environ.get(name, "").strip()
+    return text or None
+
+
+def env_value(name: str, parse: Callable[[str], T], wants: str) -> T | None:
+    """`parse(value)` of the variable `name` (None when unset or blank); a value `parse` refuses (ValueError or a
+    CourseError) is one line: '<name> must be <wants>, got <value>'."""
+    text = env_text(name)
+    if text is None:
+        return None
+    try:
+        return parse(text)
+    except (ValueError, CourseError):
+        raise ProfileError(f"{name} must be {wants}, got {text!r:.80}") from None
+
+
+def env_flag(name: str) -> bool:
+    """A switch: '1', 'true', 'yes', 'on' (any case) mean on; unset, '', '0', 'false', 'no', 'off' mean off."""
+    def parse(text: str) -> bool:
+        if text.lower() not in ON + OFF:
+            raise ValueError(text)
+        return text.lower() in ON
+
+    return bool(env_value(name, parse, f"one of {'/'.join(ON)} (on) or {'/'.join(OFF)} or empty (off)"))
+
+
+def env_choice(name: str, choices: tuple[str, ...]) -> str | None:
+    """One of `choices` (any case), or None when the variable is unset or blank."""
+    def parse(text: str) -> str:
+        if text.lower() not in choices:
+            raise ValueError(text)
+        return text.lower()
+
+    return env_value(name, parse, f"one of {choices}")
+
+
+def env_int(name: str, limit: Limit, wants: str) -> int | None:
+    """A whole number inside `limit` written in decimal digits (no '1.5', '1e3' or '0x2')."""
+    def parse(text: str) -> int:
+        if not text.lstrip("+-").isdigit() or not text.isascii():
+            raise ValueError(text)
+        return check_number(int(text), name, "value", int, limit, ProfileError)
+
+    return env_value(name, parse, wants)
+
+
+def env_ints(name: str, wants: str) -> list[int] | None:
+    """Comma- or space-separated whole numbers (e.g. '5,6,7'); an empty item ('5,,6') is refused too."""
+    def parse(text: str) -> list[int]:
+        parts = [part for part in re.split(r"[\s,]+", text) if part]
+        if not parts or any(not part.isdigit() or not part.isascii() for part in parts):
+            raise ValueError(text)
+        return [int(part) for part in parts]
+
+    return env_value(name, parse, wants)
+
+
+def env_path(name: str, default: Path) -> Path:
+    """A folder named by the variable, made absolute once (a relative value means the same folder in a kernel
+    started in notebooks/ as in the shell that started it); `default` when the variable is unset or blank, so
+    `COURSE_RUNS_DIR=''` never means the working directory."""
+    def parse(text: str) -> Path:
+        return Path(text).expanduser().resolve()
+
+    return env_value(name, parse, "a folder path") or Path(default).expanduser().resolve()
+
+
+def dry_run() -> bool:
+    """True when the course runs as a dry run on stand-in models that know nothing (`COURSE_REHEARSAL=1`, set by
+    `course rehearse`): verdicts are computed and shown but not asserted. Spelled '0', 'false', 'no', 'off' or
+    left empty it is off; anything else it does not understand is an error, never a silent 'on'."""
+    return env_flag("COURSE_REHEARSAL")
 
 
 @dataclass
@@ -80,9 +168,7 @@ def course_device(profile: str | None = None) -> str:
     (`course standins`) that rehearses the exact code path a Colab learner runs, on a machine without CUDA.
     Every placement of a model goes through here (`place`), so no lesson hard-codes `"cuda"`.
     """
-    forced = os.environ.get("COURSE_DEVICE", "").strip().lower()
-    if forced and forced not in DEVICES:
-        raise ProfileError(f"COURSE_DEVICE must be one of {DEVICES}, got {forced!r}")
+    forced = env_choice("COURSE_DEVICE", DEVICES)
     if choose_profile(profile) == "cpu":
         return "cpu"
     return forced or "cuda"
@@ -102,7 +188,7 @@ def choose_profile(requested: str | None = None) -> str:
     """`requested`, else `COURSE_PROFILE`, else `gpu` when CUDA is present, else `cpu`."""
     if requested is not None and not isinstance(requested, str):
         raise ProfileError(f"unknown profile {requested!r} (a {type(requested).__name__}); choose one of {PROFILES}")
-    profile = requested or os.environ.get("COURSE_PROFILE") or ("gpu" if cuda_available() else "cpu")
+    profile = requested or env_text("COURSE_PROFILE") or ("gpu" if cuda_available() else "cpu")
     profile = profile.strip().lower()
     if profile not in PROFILES:
         raise ProfileError(f"unknown profile {profile!r} (from COURSE_PROFILE or setup()); choose one of {PROFILES}")
@@ -114,28 +200,28 @@ DEFAULT_SEEDS = (0, 1, 2)
 
 def check_seed(seed, where: str = "seed") -> int:
     """`seed` as a Python int in [0, 2**32) (numpy integers accepted), else a one-line `ProfileError`."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
-        raise ProfileError(f"{where}: seed must be an integer in [0, 2**32), got {seed!r}")
-    return int(seed)
+    return _check_seed(seed, where, ProfileError)
 
 
 def lesson_seeds(seeds=None) -> tuple[int, ...]:
     """The seeds a lesson runs over: `seeds`, else `COURSE_SEEDS` (e.g. "5,6,7"), else three by default."""
     if seeds is None:
-        text = os.environ.get("COURSE_SEEDS", "").strip()
-        if not text:
+        seeds = env_ints("COURSE_SEEDS", "comma-separated integers like '5,6,7'")
+        if seeds is None:
             return DEFAULT_SEEDS
-        try:
-            seeds = [int(part) for part in text.replace(" ", ",").split(",") if part]
-        except ValueError:
-            raise ProfileError(f"COURSE_SEEDS must be comma-separated integers like '5,6,7', got {text!r}") from None
+        return _seed_tuple(seeds, "COURSE_SEEDS")
+    return _seed_tuple(seeds, "seeds")
+
+
+def _seed_tuple(seeds, where: str) -> tuple[int, ...]:
+    """Distinct seeds, at least one, each in [0, 2**32); errors name `where` (the argument or the variable)."""
     if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
         raise ProfileError(f"seeds must be a list of integers, got {seeds!r}")
-    seeds = tuple(check_seed(s, "seeds") for s in seeds)
+    seeds = tuple(check_seed(s, where) for s in seeds)
     if not seeds:
-        raise ProfileError("seeds: at least one seed is needed (three or more for a verdict)")
+        raise ProfileError(f"{where}: at least one seed is needed (three or more for a verdict)")
     if len(set(seeds)) != len(seeds):
-        raise ProfileError(f"seeds must differ from each other, got {list(seeds)}")
+        raise ProfileError(f"{where}: seeds must differ from each other, got {list(seeds)}")
     return seeds
 
 
@@ -175,7 +261,10 @@ def configure_threads(threads: int | None = None) -> int:
     import torch
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    wanted = threads or int(os.environ.get("COURSE_THREADS", "0") or 0)
+    if threads is not None:
+        threads = check_number(threads, "configure_threads", "threads", int, Limit(0, math.inf), ProfileError)
+    wanted = threads or env_int("COURSE_THREADS", Limit(0, 4096),
+                                "a whole number of threads (1 or more; 0 or empty: as many as are free)")
     if not wanted:
         wanted = cores - int(busy_cores() + 0.5)
     n = max(1, min(int(wanted), cores))
@@ -248,7 +337,7 @@ def setup(profile: str | None = None, seed: int | None = None, quiet: bool = Fal
     hf_logging.set_verbosity_error()  # keep notebooks readable: no config chatter, errors still raise
     hf_logging.disable_progress_bar()  # no "Loading weights" bars for a 1 M-parameter model
     env = Environment(profile=chosen, device=device, seed=seed,
-                      offline=chosen == "cpu" or os.environ.get("HF_HUB_OFFLINE", "") == "1", threads=configure_threads(), seeds=chosen_seeds,
+                      offline=chosen == "cpu" or env_text("HF_HUB_OFFLINE") == "1", threads=configure_threads(), seeds=chosen_seeds,
                       versions={name: package_version(name) for name in REPORTED_PACKAGES},
                       gpu_name=gpu_name, gpu_memory_gb=gpu_mem)
     if not quiet:

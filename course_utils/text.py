@@ -18,7 +18,8 @@ from typing import Sequence
 import torch
 
 from course_utils.data import DataError
-from course_utils.errors import check_count
+from course_utils.errors import check_count, check_text
+from course_utils.errors import check_texts as _check_texts
 
 
 def bos_id(tokenizer) -> int:
@@ -42,11 +43,11 @@ def encode(tokenizer, text: str, add_bos: bool = True, add_eos: bool = False,
            max_tokens: int | None = None) -> list[int]:
     """Token ids of `text` with the course's conventions: BOS first, optional EOS last, no other specials.
 
-    `max_tokens` keeps at most that many ids, exactly `encode(...)[:max_tokens]`, without tokenising a huge text
-    whole: only a prefix long enough to hold them is tokenised (a 20 MB text costs what its first words cost).
+    `max_tokens` keeps at most that many ids, `encode(...)[:max_tokens]`, without tokenising a huge text whole:
+    only a prefix long enough to hold them is tokenised (a 20 MB text costs what its first words cost, with or
+    without spaces).
     """
-    if not isinstance(text, str):
-        raise DataError(f"encode: text is {type(text).__name__} ({text!r:.40}), not str")
+    check_text(text, "encode", error=DataError)
     head = [bos_id(tokenizer)] if add_bos else []
     tail = [tokenizer.eos_token_id] if add_eos else []
     if max_tokens is None:
@@ -64,18 +65,32 @@ def _leading_ids(tokenizer, text: str, n: int) -> list[int]:
     """At least the first `n` token ids of `text` (no specials added), all of them when the text is short.
 
     Tokenises a prefix that ends at a word start and holds about 8 characters per wanted token, doubling it until
-    it holds `n` ids; a text without such a word start is tokenised whole (still correct, just not faster).
+    it holds `n` ids. Where no word start follows (a long run without spaces), prefixes of growing length are
+    tokenised until two of them, one twice the other, agree on the first `n` ids (`_settled_ids`).
     """
     bound = 8 * max(n, 0) + 64
     while bound < len(text):
         cut = _WORD_START.search(text, bound)
         if cut is None:
-            break
+            return _settled_ids(tokenizer, text, n, bound)
         ids = tokenizer(text[:cut.start()], add_special_tokens=False)["input_ids"]
         if len(ids) >= n:
             return ids
         bound = 2 * cut.start()
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _settled_ids(tokenizer, text: str, n: int, bound: int) -> list[int]:
+    """The ids of a prefix of `text` whose first `n` no longer change when the prefix doubles: only the last few
+    tokens of a cut text depend on where it was cut, so a 10 MB run without spaces costs what its start costs."""
+    ids = tokenizer(text[:bound], add_special_tokens=False)["input_ids"]
+    while bound < len(text):
+        bound *= 2
+        longer = tokenizer(text[:bound], add_special_tokens=False)["input_ids"]
+        if len(ids) >= n and longer[:n] == ids[:n]:
+            return longer
+        ids = longer
+    return ids
 
 
 def position_limit(model) -> int | None:
@@ -104,13 +119,10 @@ def encode_for(model, tokenizer, text: str, where: str, what: str, add_bos: bool
     return ids
 
 
-def check_texts(texts: Sequence[str], where: str, what: str = "text") -> None:
-    """`texts` is a list of strings; else one line naming the helper and the first bad item."""
-    if isinstance(texts, str) or not hasattr(texts, "__len__"):
-        raise DataError(f"{where}: expected a list of {what}s, got {type(texts).__name__}")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise DataError(f"{where}: {what} {i} is {type(t).__name__}, not str")
+def check_texts(texts: Sequence[str], where: str, what: str = "text") -> list[str]:
+    """`texts` is a list of strings (not one bare string, whose characters would be read as texts); else one
+    `DataError` line naming the helper and the first bad item (`errors.check_texts`)."""
+    return _check_texts(texts, where, what, DataError)
 
 
 # For hub tokenizers that ship without a chat template (GPT-2): plain role lines, no new special tokens, so the

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from course_utils.errors import CourseError
+from course_utils.errors import CourseError, check_texts
 
 
 BOS_EOS = "<|endoftext|>"
@@ -33,11 +33,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency:
     from transformers import PreTrainedTokenizerFast
 
 
-    texts = list(texts)
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if not texts or bad:
-        raise CourseError("train_tokenizer: no texts given" if not texts else
-                          f"train_tokenizer: text {bad[0]} is {type(texts[bad[0]]).__name__}, not str")
+    texts = check_texts(texts, "train_tokenizer")
+    if not texts:
+        raise CourseError("train_tokenizer: no texts given")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

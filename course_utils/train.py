@@ -21,7 +21,7 @@ from course_utils.config import TrainingSettingsError, training_args
 from course_utils.data import DataError
 from course_utils.errors import CourseError
 from course_utils.paths import RUNS_DIR
-from course_utils.text import encode
+from course_utils.text import check_texts, encode
 
 
 LIBRARY_CALLS = {
@@ -35,12 +35,11 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int = 128):
     """A `datasets.Dataset` of causal-LM examples, one per text (BOS + text + EOS, truncated to `max_length`)."""
     from datasets import Dataset
 
+    texts = check_texts(texts, "tokenize_texts")
     if len(texts) == 0:
         raise DataError("tokenize_texts: no texts given")
     rows = []
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise DataError(f"tokenize_texts: text {i} is {type(text).__name__}, not str")
+    for text in texts:
         ids = encode(tokenizer, text, add_eos=True, max_tokens=max_length)
         rows.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
     return Dataset.from_list(rows)
@@ -120,7 +119,8 @@ def last_checkpoint(run_folder: str | Path) -> str | None:
     """The newest *complete* `checkpoint-<step>` folder in `run_folder`, or None when there is none yet.
 
     Hand-written rather than `transformers.trainer_utils.get_last_checkpoint`, which returns the newest folder
-    even when a kill interrupted its writing; Trainer writes `trainer_state.json` last, so we require it.
+    even when a kill interrupted its writing; Trainer writes `trainer_state.json` last, so we require it, and
+    every weights file must be whole (a truncated one falls back to the checkpoint before it).
     """
     run_folder = Path(run_folder)
     if not run_folder.is_dir():
@@ -128,8 +128,23 @@ def last_checkpoint(run_folder: str | Path) -> str | None:
     steps = sorted((int(p.name.split("-")[1]), p) for p in run_folder.glob("checkpoint-*")
                    if p.is_dir() and p.name.split("-")[1].isdigit())
     # weights are model.safetensors, or adapter_model.safetensors for a PEFT model
-    complete = [p for _, p in steps if (p / "trainer_state.json").is_file() and any(p.glob("*.safetensors"))]
+    complete = [p for _, p in steps if (p / "trainer_state.json").is_file() and weights_whole(p)]
     return str(complete[-1]) if complete else None
+
+
+def weights_whole(folder: Path) -> bool:
+    """The folder holds safetensors weights and each file's header opens and covers the file (read alone, no
+    tensors loaded): false for a file a kill or a full disk cut short."""
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    for path in files:
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except (SafetensorError, OSError):
+            return False
+    return bool(files)
 
 
 def train_with_resume(trainer):
@@ -290,7 +305,7 @@ def causal_lm_trainer(model, tokenizer, texts: Sequence[str], args, callbacks: S
     from transformers import Trainer
 
     trainer = (trainer_class or Trainer)(
-        model=model, args=args, train_dataset=tokenize_texts(tokenizer, list(texts), max_length),
-        eval_dataset=tokenize_texts(tokenizer, list(eval_texts), max_length) if eval_texts else None,
+        model=model, args=args, train_dataset=tokenize_texts(tokenizer, texts, max_length),
+        eval_dataset=tokenize_texts(tokenizer, eval_texts, max_length) if eval_texts else None,
         data_collator=causal_collator(tokenizer), callbacks=with_finite_guard(callbacks), **trainer_kwargs)
     return quiet(trainer)

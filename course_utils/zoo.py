@@ -328,13 +328,26 @@ def load_local(path: str | Path, model_class=None, **model_kwargs):
     return model, tokenizer
 
 
+def _output_head_names(model) -> set[str]:
+    """Parameter names of a language model's own output head (`lm_head.weight`): listed only when it is not tied
+    to the input embeddings (a tied head shares their tensor, so it has no name of its own)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        return set()
+    own = {id(p) for p in head.parameters()}
+    return {name for name, p in model.named_parameters() if id(p) in own}
+
+
 def _check_loading_info(model, info: dict, path: Path) -> None:
-    """No tensor of the base model was missing from the file, left unused or of the wrong shape (a new head,
-    such as a classifier's `score`, is expected to be missing: it is trained later)."""
+    """No tensor of the base model was missing from the file, left unused or of the wrong shape, and a language
+    model's output head was in the file unless it is tied to the input embeddings (a config that unties them over
+    tied weights would leave a random head). A new head, such as a classifier's `score`, is expected to be
+    missing: it is trained later."""
     base = getattr(model, "base_model_prefix", "") + "."
+    head = _output_head_names(model)
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
         names = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(kind) or ())
-        bad = [n for n in names if n.startswith(base)]
+        bad = [n for n in names if n.startswith(base) or (kind == "missing_keys" and n in head)]
         if bad:
             raise ZooError(f"{path}: {len(bad)} {kind.replace('_', ' ')} in the base model (first: {bad[0]}); "
                            f"the config and the weights do not belong together")

@@ -29,6 +29,7 @@ th { background: #f3f3f3; } td.text { text-align: left; }
 .pass { color: #176b2c; font-weight: 600; } .fail { color: #a31515; font-weight: 600; }
 .missing { color: #8a6d00; } .echo { color: #555; font-style: italic; }
 .held { color: #176b2c; } .mixed { color: #8a6d00; } .notrep { color: #a31515; }
+ul.problems { color: #a31515; }
 """
 
 
@@ -68,16 +69,51 @@ def scoreboard_html(records: dict[str, dict[str, Any]]) -> str:
     return f"<h2 id=\"scoreboard\">Scoreboard: every declared claim, over the seeds</h2>{table}{note}"
 
 
-def latest_benchmarks(runs_dir: Path = RUNS_DIR) -> dict[str, dict[str, Any]]:
-    """The most recent `course run` measurement of each lesson (runtime, CPU time, peak memory), by lesson name."""
+def benchmark_problem(row: Any) -> str | None:
+    """Why a `benchmark.json` row cannot be shown (None when it can): it needs a lesson name, `seconds` and
+    `peak_memory_mb` as numbers and `passed` as true or false (`cpu_seconds`, when there, a number)."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+    if not isinstance(row, dict):
+        return f"a row is {type(row).__name__}, not an object"
+    if not isinstance(row.get("lesson"), str):
+        return f"a row has no lesson name ({row.get('lesson')!r:.40})"
+    for key in ("seconds", "peak_memory_mb"):
+        if not number(row.get(key)):
+            return f"lesson {row['lesson']!r:.60}: {key!r} is {row.get(key)!r:.40}, not a number"
+    if "cpu_seconds" in row and not number(row["cpu_seconds"]):
+        return f"lesson {row['lesson']!r:.60}: 'cpu_seconds' is {row['cpu_seconds']!r:.40}, not a number"
+    if not isinstance(row.get("passed"), bool):
+        return f"lesson {row['lesson']!r:.60}: 'passed' is {row.get('passed')!r:.40}, not true or false"
+    return None
+
+
+def latest_benchmarks(runs_dir: Path = RUNS_DIR, problems: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The most recent `course run` measurement of each lesson (runtime, CPU time, peak memory), by lesson name.
+
+    A damaged file or row is one line: appended to `problems` (and skipped) when it is given, raised otherwise."""
     latest: dict[str, dict[str, Any]] = {}
     for path in sorted(Path(runs_dir).glob("run-*/benchmark.json")):  # names sort by time: later ones win
+        where = f"{path.parent.name}/benchmark.json"
         try:
-            rows = json.loads(path.read_text())
+            rows = json.loads(path.read_text(encoding="utf-8"))
+            found = [f"{where}: is a JSON {type(rows).__name__}, not a list of rows"] \
+                if not isinstance(rows, list) else []
         except json.JSONDecodeError as err:
-            raise CourseError(f"{path.parent.name}/benchmark.json is not valid JSON (line {err.lineno})") from None
-        for row in rows:
-            latest[row["lesson"]] = row
+            rows, found = [], [f"{where} is not valid JSON (line {err.lineno})"]
+        except (OSError, ValueError, RecursionError) as err:
+            rows, found = [], [f"{where} cannot be read ({type(err).__name__})"]
+        for row in rows if isinstance(rows, list) else []:
+            problem = benchmark_problem(row)
+            if problem:
+                found.append(f"{where}: {problem}")
+            else:
+                latest[row["lesson"]] = row
+        if found and problems is None:
+            raise CourseError(found[0])
+        if found:
+            problems.extend(found)
     return latest
 
 
@@ -159,14 +195,22 @@ def build_report(results: Path | None = None, runs_dir: Path = RUNS_DIR,
     saved = set(saved_lessons(directory))
     if not saved:
         raise CourseError(f"no saved lesson results in {directory.name}/; run the lessons first (`course run`)")
-    bench = latest_benchmarks(runs_dir)
+    problems: list[str] = []
+    bench = latest_benchmarks(runs_dir, problems)
     summary, sections, records = [], [], {}
     for lesson in sorted(set(lessons) | saved):
         name = html.escape(lesson)
         if lesson not in saved:
             summary.append(f'<tr><td class="text">{name}</td><td class="missing" colspan="3">not run yet</td></tr>')
             continue
-        record = records[lesson] = load_results(lesson, directory)
+        try:
+            record = load_results(lesson, directory)
+        except CourseError as err:  # one bad record is named on the page; every other lesson is still shown
+            problems.append(str(err))
+            summary.append(f'<tr><td class="text">{name}</td><td class="fail" colspan="3">record not readable '
+                           f'(see the list above)</td></tr>')
+            continue
+        records[lesson] = record
         checks = record.get("checks", {})
         held = sum(bool(v) for v in checks.values())
         cls = "pass" if held == len(checks) else "fail"
@@ -182,14 +226,32 @@ def build_report(results: Path | None = None, runs_dir: Path = RUNS_DIR,
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>Course report</title>"
             f"<style>{_STYLE}</style></head><body><h1>What the course measured</h1>"
             f"<p>Generated {stamp} from the lessons' saved results; every number below was computed by a notebook.</p>"
-            f"{scoreboard_html(records)}<h2>Lessons</h2>"
+            f"{problems_html(problems)}{scoreboard_html(records)}<h2>Lessons</h2>"
             f"<table><tr><th>lesson</th><th>checks held</th><th>runtime</th><th>echoes</th></tr>{''.join(summary)}"
             f"</table>{''.join(sections)}</body></html>\n")
 
 
+def problems_html(problems: Sequence[str]) -> str:
+    """The records and benchmark files that could not be read, one line each (empty when there are none)."""
+    if not problems:
+        return ""
+    items = "".join(f"<li>{html.escape(' '.join(p.split()))}</li>" for p in problems)
+    return (f"<h2 id=\"problems\">Records that could not be read ({len(problems)})</h2>"
+            f'<ul class="problems">{items}</ul>')
+
+
 def write_report(out: Path | None = None, results: Path | None = None, runs_dir: Path = RUNS_DIR) -> Path:
-    """Render the report to `out` (default `runs/report.html`) and return the path."""
+    """Render the report to `out` (default `runs/report.html`) and return the path; an `out` that is a folder or
+    cannot be written is one line naming it."""
     out = Path(out or Path(runs_dir) / "report.html")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build_report(results, runs_dir, out_dir=out.parent.resolve()))
+    if out.is_dir():
+        raise CourseError(f"{out} is a folder; name the HTML file to write "
+                          f"(e.g. {out / 'report.html'})")
+    page = build_report(results, runs_dir, out_dir=out.parent.resolve())
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(page, encoding="utf-8")
+    except OSError as err:
+        raise CourseError(f"cannot write the report to {out} ({os.strerror(err.errno) if err.errno else err})") \
+            from None
     return out

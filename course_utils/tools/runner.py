@@ -83,10 +83,12 @@ def lesson_notebooks(selected: Sequence[str] = (), notebooks_dir: Path = NOTEBOO
 def match_lesson(text: str, lessons: Sequence[Path]) -> list[Path]:
     """The lessons `text` names: by number, by name prefix, by file name or path, or by a word of the title."""
     key = Path(text.strip()).name.removesuffix(".ipynb").lower()
+    if not key:  # a blank selection names no lesson (it would otherwise be the start of every name)
+        return []
     if key.isdigit():
         return [p for p in lessons if p.stem[:2] == key.zfill(2)]
     by_prefix = [p for p in lessons if p.stem.lower().startswith(key)]
-    if by_prefix or not key:
+    if by_prefix:
         return by_prefix
     return [p for p in lessons if key.replace("-", "_") in p.stem.lower().split("_", 1)[1]]
 
