@@ -162,14 +162,36 @@ class CourseConfig:
         kwargs.update(overrides)
         return training_args(**kwargs)
 
+    def trl_arguments(self, config_cls, **overrides):
+        """A trl config (`SFTConfig`, `DPOConfig`, `RewardConfig`, `GRPOConfig`: `TrainingArguments` subclasses)
+        from the same fields and course defaults as `training_arguments`, plus what trl needs told: bf16 only on a
+        GPU that supports it (trl's configs default to bf16=True even on a CPU, where it is slower than float32),
+        no activation checkpointing, progress bars only with a `progress` field set, and trl's own choice of which
+        dataset columns to keep. `overrides` are any other keywords of `config_cls` (`beta`, `max_length`...)."""
+        trl_defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+        kwargs: dict[str, Any] = dict(bf16=_bf16_supported(), activation_checkpointing=False,
+                                      disable_tqdm=not getattr(self, "progress", False),
+                                      remove_unused_columns=trl_defaults["remove_unused_columns"])
+        return self.training_arguments(args_class=config_cls, **{**kwargs, **overrides})
 
-def training_args(output_dir: str | None = None, **overrides):
+
+def _bf16_supported() -> bool:
+    """bf16 mixed precision where it pays: a GPU in use that supports it."""
+    import torch
+
+    return bool(not use_cpu() and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def training_args(output_dir: str | None = None, args_class=None, **overrides):
     """`TrainingArguments` with course defaults: no reporting, no checkpoints unless asked, CPU when no GPU.
 
     Pass any `TrainingArguments` keyword to override. The defaults keep a notebook's run short and quiet.
+    `args_class` builds a subclass instead (a trl config, through `CourseConfig.trl_arguments`).
     """
     import transformers
     from transformers import TrainingArguments
+
+    arguments = args_class or TrainingArguments
 
     defaults: dict[str, Any] = dict(
         output_dir=output_dir or tempfile.mkdtemp(prefix="course-run-"),
@@ -178,7 +200,7 @@ def training_args(output_dir: str | None = None, **overrides):
         warmup_steps=10, seed=0, data_seed=0, use_cpu=use_cpu(),
         dataloader_num_workers=0, disable_tqdm=True, remove_unused_columns=False)
     defaults.update(overrides)
-    known = inspect.signature(TrainingArguments).parameters
+    known = inspect.signature(arguments).parameters
     unknown = sorted(k for k in overrides if k not in known)
     if unknown:
         raise TrainingSettingsError(f"training_args: unknown TrainingArguments keyword(s) {unknown} "
@@ -194,6 +216,6 @@ def training_args(output_dir: str | None = None, **overrides):
                                     f"got {batch!r}")
     defaults["per_device_train_batch_size"] = int(batch)
     try:
-        return TrainingArguments(**defaults)
+        return arguments(**defaults)
     except ValueError as err:  # transformers' own consistency checks: keep the message, drop the traceback
         raise TrainingSettingsError(f"training_args: {str(err).strip().splitlines()[0]}") from None
