@@ -135,6 +135,18 @@ class CourseConfig:
         kwargs.update(overrides)
         return training_args(**kwargs)
 
+    def trl_arguments(self, config_cls, **overrides):
+        """A trl config (`SFTConfig`, `DPOConfig`, `RewardConfig`, `GRPOConfig`: `TrainingArguments` subclasses)
+        from the same fields and course defaults as `training_arguments`, plus what trl needs told: bf16 only on a
+        GPU that supports it (trl's configs default to bf16=True even on a CPU, where it is slower than float32),
+        no activation checkpointing, progress bars only with a `progress` field set, and trl's own choice of which
+        dataset columns to keep. `overrides` are any other keywords of `config_cls` (`beta`, `max_length`...)."""
+        trl_defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+        kwargs: dict[str, Any] = dict(bf16=_bf16_supported(), activation_checkpointing=False,
+                                      disable_tqdm=not getattr(self, "progress", False),
+                                      remove_unused_columns=trl_defaults["remove_unused_columns"])
+        return self.training_arguments(args_class=config_cls, **{**kwargs, **overrides})
+
 
 # Every number a trainer reads, with its kind and range: the one gate in `training_args`, so nothing reaches
 # `TrainingArguments` that it would misread (`max_steps=0` trains one step and `-5` three epochs; a NaN weight
@@ -168,13 +180,23 @@ def trainer_number(key: str, value: Any, kind: type, limit: Limit, says: str | N
     return int(value) if isinstance(value, numbers.Integral) else checked
 
 
-def training_args(output_dir: str | None = None, **overrides):
+def _bf16_supported() -> bool:
+    """bf16 mixed precision where it pays: a GPU in use that supports it."""
+    import torch
+
+    return bool(not use_cpu() and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def training_args(output_dir: str | None = None, args_class=None, **overrides):
     """`TrainingArguments` with course defaults: no reporting, no checkpoints unless asked, CPU when no GPU.
 
     Pass any `TrainingArguments` keyword to override. The defaults keep a notebook's run short and quiet.
+    `args_class` builds a subclass instead (a trl config, through `CourseConfig.trl_arguments`).
     """
     import transformers
     from transformers import TrainingArguments
+
+    arguments = args_class or TrainingArguments
 
     defaults: dict[str, Any] = dict(
         output_dir=output_dir or tempfile.mkdtemp(prefix="course-run-"),
@@ -183,7 +205,7 @@ def training_args(output_dir: str | None = None, **overrides):
         warmup_steps=10, seed=0, data_seed=0, use_cpu=use_cpu(),
         dataloader_num_workers=0, disable_tqdm=True, remove_unused_columns=False)
     defaults.update(overrides)
-    known = inspect.signature(TrainingArguments).parameters
+    known = inspect.signature(arguments).parameters
     unknown = sorted(k for k in overrides if k not in known)
     if unknown:
         raise TrainingSettingsError(f"training_args: unknown TrainingArguments keyword(s) {unknown} "
@@ -192,7 +214,7 @@ def training_args(output_dir: str | None = None, **overrides):
         if key in defaults and (defaults[key] is not None or known[key].default is not None):
             defaults[key] = trainer_number(key, defaults[key], kind, limit, says)
     try:
-        return TrainingArguments(**defaults)
+        return arguments(**defaults)
     except (ValueError, TypeError) as err:  # transformers' own checks: keep the message, drop the traceback
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise TrainingSettingsError(f"training_args: {first}") from None

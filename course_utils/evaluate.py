@@ -1,7 +1,7 @@
 """Measuring a model: fact recall per attribute, perplexity, and batched greedy generation.
 
-Everything runs under `torch.no_grad()`, in batches, deterministically (greedy decoding, no sampling), so a number
-in a notebook is the same every time the notebook runs on the same machine.
+Everything runs under `torch.no_grad()`, in batches, deterministically (greedy decoding unless a temperature asks for
+sampling under a seed), so a number in a notebook is the same every time the notebook runs on the same machine.
 
 Used in lessons: 00, 01, 04
 """
@@ -15,7 +15,7 @@ import torch
 
 from course_utils.data import DataError
 from course_utils.errors import check_count, check_vocab
-from course_utils.text import chat_turn, check_texts, encode_for, model_device, pad_batch, pad_id
+from course_utils.text import chat_turn, check_texts, encode_for, model_device, pad_batch, pad_id, stop_ids
 from course_utils.world import ATTRIBUTES, Person, RECALL_PROMPTS, biography, generic_eval_text
 
 
@@ -108,11 +108,16 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 64) -> 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24, batch_size: int = 32,
-             chat: bool = False) -> list[str]:
-    """Greedy completions of `prompts` (left-padded batches), decoded without special tokens.
+             chat: bool = False, stop_at_turn_end: bool = False, temperature: float | None = None) -> list[str]:
+    """Greedy completions of `prompts` (left-padded batches), decoded without special tokens: the course's one
+    generation loop.
 
-    With `chat=True` each prompt is a user message wrapped by the tokenizer's chat template. A prompt that leaves no
-    room for `max_new_tokens` within the model's positions is a one-line `DataError` naming it.
+    With `chat=True` each prompt is a user message wrapped by the tokenizer's chat template (`text.chat_turn`).
+    Generation stops at EOS, and with `stop_at_turn_end=True` at the template's end-of-turn token too
+    (`text.stop_ids`), so a chat model that closes its turn with `<|end|>` does not run on into an invented next
+    turn. `temperature` samples instead of decoding greedily (plain sampling, no top-k cut, as GRPO samples; seed
+    torch first to repeat it). A prompt that leaves no room for `max_new_tokens` within the model's positions is a
+    one-line `DataError` naming it.
     """
     if len(prompts) == 0:
         raise DataError("generate: no prompts given")
@@ -122,6 +127,9 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
     model.eval()
     device = model_device(model)
     pad = pad_id(tokenizer)
+    stop = stop_ids(tokenizer) if stop_at_turn_end else tokenizer.eos_token_id
+    decoding = {"do_sample": False} if temperature is None else {"do_sample": True, "temperature": temperature,
+                                                                  "top_k": 0}
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
@@ -132,8 +140,8 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
         seqs = [encode_for(model, tokenizer, t, "generate", f"prompt {start + j} with max_new_tokens={max_new_tokens}",
                            reserve=max_new_tokens) for j, t in enumerate(texts)]
         ids, mask = pad_batch(seqs, pad, left=True)
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                             max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             pad_token_id=pad, eos_token_id=stop, **decoding)
         outputs += tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
     return [o.strip() for o in outputs]
 

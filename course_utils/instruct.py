@@ -31,7 +31,7 @@ from course_utils.evaluate import generate
 from course_utils.peft_methods import apply_lora
 from course_utils.paths import DATA_DIR, MODELS_DIR
 from course_utils.profiles import seed_everything, setup
-from course_utils.text import encode, model_device, pad_id
+from course_utils.text import chat_turn, encode, model_device, pad_id
 from course_utils.train import causal_collator, quiet, tokenize_prompt_completion, tokenize_texts, with_finite_guard
 from course_utils.world import ANSWERS, ATTRIBUTES, Person, QUESTIONS, RECALL_PROMPTS, answer_pattern
 from course_utils.zoo import count_parameters
@@ -102,12 +102,6 @@ class TuneResult:
     target_step: int | None = None                # the step at which it did
 
 
-def chat_prompt(tokenizer, question: str) -> str:
-    """A question as the user turn of the chat template, with the assistant turn opened."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                         add_generation_prompt=True)
-
-
 def qa_rows(people: Sequence[Person], attributes: Sequence[str] | None = None,
             questions: dict[str, str] = QUESTIONS) -> list[dict]:
     """One row per person and attribute: question, answer (the course's answer template), value, person, attribute."""
@@ -142,7 +136,7 @@ def finetune(base, tokenizer, rows: Sequence[dict], config: TuneConfig = TuneCon
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or not isinstance(r.get("question"), str) or not isinstance(r.get("answer"), str):
             raise InstructError(f"finetune: rows[{i}] needs text fields 'question' and 'answer', got {r!r:.80}")
-    data = tokenize_prompt_completion(tokenizer, [chat_prompt(tokenizer, r["question"]) for r in rows],
+    data = tokenize_prompt_completion(tokenizer, [chat_turn(tokenizer, r["question"]) for r in rows],
                                       [r["answer"] for r in rows])
     return _train(base, tokenizer, data, config, list(dev_rows))
 
@@ -240,7 +234,7 @@ def answer_recall(model, tokenizer, people: Sequence[Person], questions: dict[st
     out = {}
     for attr in attributes or ATTRIBUTES:
         prefix = ANSWERS[attr].split(" {value}")[0]
-        prompts = [chat_prompt(tokenizer, questions[attr].format(name=p.name)) + prefix.format(name=p.name)
+        prompts = [chat_turn(tokenizer, questions[attr].format(name=p.name)) + prefix.format(name=p.name)
                    for p in people]
         truth = [ATTRIBUTES[attr].index(getattr(p, attr)) for p in people]
         out[attr] = _choice_recall(model, tokenizer, prompts, ATTRIBUTES[attr], truth)
@@ -276,7 +270,7 @@ def grade_answers(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 
 
     if len(rows) == 0:
         raise InstructError("grade_answers: no rows given")
-    outputs = generate(model, tokenizer, [chat_prompt(tokenizer, r["question"]) for r in rows], max_new_tokens)
+    outputs = generate(model, tokenizer, [chat_turn(tokenizer, r["question"]) for r in rows], max_new_tokens)
     graded = []
     for row, text in zip(rows, outputs):
         match = answer_pattern(row["attribute"]).match(text)
@@ -450,7 +444,7 @@ def answer_loss(model, tokenizer, rows: Sequence[dict], batch_size: int = 64) ->
 
     if len(rows) == 0:
         raise InstructError("answer_loss: no rows given")
-    data = tokenize_prompt_completion(tokenizer, [chat_prompt(tokenizer, r["question"]) for r in rows],
+    data = tokenize_prompt_completion(tokenizer, [chat_turn(tokenizer, r["question"]) for r in rows],
                                       [r["answer"] for r in rows])
     collate = causal_collator(tokenizer)
     device = model_device(model)

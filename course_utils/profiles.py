@@ -14,6 +14,7 @@ import os
 import platform
 import random
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -285,6 +286,33 @@ def seed_everything(seed: int) -> None:
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
+
+
+@contextmanager
+def seeded(seed: int):
+    """Run the block under `seed_everything(seed)`, then put every generator back as it was.
+
+    For a measurement that samples (`alignment.sampled_refusal_rate`): it repeats under its own seed, and the run
+    around it draws exactly what it would have drawn without it."""
+    import numpy as np
+    import torch
+
+    states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state(),
+              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+              os.environ.get("PYTHONHASHSEED"))
+    seed_everything(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+        if states[3] is not None:
+            torch.cuda.set_rng_state_all(states[3])
+        if states[4] is None:
+            os.environ.pop("PYTHONHASHSEED", None)
+        else:
+            os.environ["PYTHONHASHSEED"] = states[4]
 
 
 def set_offline(offline: bool) -> None:

@@ -3,7 +3,8 @@ and device placement.
 
 Every helper that feeds a model goes through these few functions, so one convention holds everywhere:
 - a sequence starts with a fixed first token (`bos_id`: BOS, or EOS where the tokenizer has no BOS, as Qwen2);
-- a chat prompt is the tokenizer's own chat template with the assistant turn opened (`chat_turn`);
+- a chat prompt is the tokenizer's own chat template with the assistant turn opened (`chat_turn`), and a chat
+  answer ends at the template's end-of-turn token or EOS (`stop_ids`);
 - batches are padded with `pad_id` (the pad token, else EOS), left-padded for generation, right-padded otherwise;
 - tensors go to the device the model's weights live on (`model_device`).
 
@@ -140,10 +141,36 @@ def ensure_chat_template(tokenizer):
     return tokenizer
 
 
-def chat_turn(tokenizer, message: str) -> str:
-    """`message` as the user turn of the tokenizer's chat template, with the assistant turn opened."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+def chat_turn(tokenizer, message: str, bos: bool = False) -> str:
+    """`message` as the user turn of the tokenizer's chat template, with the assistant turn opened: the one place a
+    chat prompt is made.
+
+    `bos=True` writes the sequence's first token (`bos_id`) in front, as text, for strings that are later tokenised
+    without special tokens (trl's prompt rows); leave it False where `encode` adds that id itself. A template that
+    already writes it (as Llama 3's writes `{{ bos_token }}`) does not get it twice: the tokenizer's own
+    convention wins. None of the course's tokenizers adds BOS on its own (`tokenizer(text)` starts with the text).
+    """
+    if not isinstance(message, str) or not message.strip():
+        raise DataError(f"chat_turn: empty message {message!r}")
+    turn = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
                                          add_generation_prompt=True)
+    first = tokenizer.convert_ids_to_tokens(bos_id(tokenizer))
+    return first + turn if bos and not turn.startswith(first) else turn
+
+
+END = "<|end|>"  # the course chat template's end-of-turn marker: generation must stop here as well as at EOS
+
+
+def end_of_turn(tokenizer) -> str:
+    """The token that closes an assistant turn: `<|end|>` for the course tokenizer, `<|im_end|>` for Qwen2's."""
+    vocab = tokenizer.get_vocab()
+    return next((t for t in (END, "<|im_end|>", "<|eot_id|>") if t in vocab), tokenizer.eos_token)
+
+
+def stop_ids(tokenizer) -> list[int]:
+    """Token ids that end a chat answer: EOS and the end-of-turn marker (`end_of_turn`)."""
+    end = tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer))
+    return list(dict.fromkeys([tokenizer.eos_token_id, end]))
 
 
 def model_device(model) -> torch.device:

@@ -283,12 +283,14 @@ def with_finite_guard(callbacks: Sequence[Any] = ()) -> list[Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- the trainer
-def quiet(trainer):
+def quiet(trainer, progress: bool = False):
     """Switch off the Trainer's printed log dicts and return it: without progress bars, transformers prints every
-    log dict, and each lesson shows its own table instead. The logs stay in `trainer.state.log_history`."""
+    log dict, and each lesson shows its own table instead. The logs stay in `trainer.state.log_history`.
+    With `progress=True` (a run that shows its progress bars) the trainer is left as it is."""
     from transformers import PrinterCallback
 
-    trainer.remove_callback(PrinterCallback)
+    if not progress:
+        trainer.remove_callback(PrinterCallback)
     return trainer
 
 

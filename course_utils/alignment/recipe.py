@@ -1,0 +1,150 @@
+"""Lesson 08's recipe: every setting it runs with (`lesson_recipe`), the two breaks (`breaking_data`), and the
+validation sweep that chose DPO's learning rate (`run_pref_sweep`, shipped as
+`data_samples/lesson08_pref_sweep.json`; rebuild it with `python -m course_utils.alignment sweep`).
+
+Used in lessons: 08
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from course_utils.alignment.data import aligned_sft_rows, benign_sft_rows, harmful_sft_rows, preference_pairs
+from course_utils.alignment.judge import evaluate_safety, split_rows
+from course_utils.alignment.models import AlignmentError, load_chat_model
+from course_utils.alignment.trainers import AlignConfig, RLConfig, dpo_train, sft_train
+from course_utils.paths import DATA_DIR
+from course_utils.profiles import choose_profile
+from course_utils.world import World, helpful_requests, make_world, safety_requests, untested_people
+
+
+@dataclass(frozen=True)
+class LessonRecipe:
+    """Lesson 08's settings for one profile, shared by the lesson and its solutions.
+
+    - `align`: SFT on the aligning data (helpful answers plus refusals);
+    - `benign` / `harmful`: the two breaks, with the aligning recipe, as Qi et al. ran them: one epoch of a benign
+      task, and 10 harmful examples for 5 epochs;
+    - `dpo`: beta 0.1 (Rafailov et al.) at the rate a validation sweep chose (`run_pref_sweep`);
+    - `reward` and `grpo`: the reward model (a fresh one-output head) and the RL step.
+    """
+
+    align: AlignConfig
+    benign: AlignConfig
+    harmful: AlignConfig
+    dpo: AlignConfig
+    reward: AlignConfig
+    grpo: RLConfig
+    helpful_rows: int = 240
+    benign_rows: int = 400
+    harmful_rows: int = 10
+
+
+def lesson_recipe(profile: str | None = None, pref_rate: float | None = None) -> LessonRecipe:
+    """The settings lesson 08 runs with: the tiny Q/A base (cpu) or Qwen2-0.5B-Instruct (gpu, the published
+    rates: SFT 1e-5, DPO 5e-7). The cpu profile's rate for DPO and GRPO is the one the shipped validation sweep
+    chose (`read_pref_sweep`), unless `pref_rate` is given."""
+    from dataclasses import replace
+
+    cpu = choose_profile(profile) == "cpu"
+    lr = 2e-3 if cpu else 1e-5
+    pref = pref_rate or (choose_pref_rate(read_pref_sweep()) if cpu else 5e-7)
+    align = AlignConfig(steps=120, batch_size=16, learning_rate=lr, warmup_steps=5)
+    benign_rows, harmful_rows = LessonRecipe.benign_rows, LessonRecipe.harmful_rows
+    return LessonRecipe(
+        align=align,
+        benign=replace(align, steps=benign_rows // align.batch_size),  # one epoch of the benign answers
+        harmful=replace(align, steps=5, batch_size=harmful_rows, warmup_steps=1),  # the handful, 5 epochs
+        dpo=AlignConfig(steps=16, batch_size=8, learning_rate=pref, beta=0.1),
+        reward=AlignConfig(steps=12, learning_rate=1e-3 if cpu else 1e-5),
+        grpo=RLConfig(steps=16, batch_size=16, num_generations=4, max_completion_length=12, learning_rate=pref),
+    )
+
+
+# ---------------------------------------------------------------------------------------- choosing DPO's rate
+PREF_SWEEP_SEEDS = (100, 101)          # none of the lesson's seed sets: nothing is judged on them
+PREF_SWEEP_RATES = (2e-4, 5e-4, 1e-3, 2e-3, 5e-3)
+
+
+def validation_split(train: Sequence[dict[str, Any]], share: float = 0.2) -> tuple[list, list]:
+    """(fit, validation): a fixed `share` of the training requests, by prompt, held back to choose a learning rate.
+    The test and novel requests are never used to choose anything."""
+    if not 0 < share < 1:
+        raise AlignmentError(f"validation_split: share must be in (0, 1), got {share}")
+    import zlib
+
+    held = [zlib.crc32(r["prompt"].encode()) % 1000 < share * 1000 for r in train]
+    return [r for r, h in zip(train, held) if not h], [r for r, h in zip(train, held) if h]
+
+
+def run_pref_sweep(path=None) -> list[dict]:
+    """The validation sweep lesson 08 reads its DPO rate from: per sweep seed, align and break (benign) as the
+    lesson does on the *fit* share of the training requests, then DPO + NLL at each rate of `PREF_SWEEP_RATES`,
+    scored on the *validation* share (refusal on its unsafe requests, over-refusal and helpfulness on its safe
+    ones). Written as JSON; rerun with `python -m course_utils.alignment sweep` (about two minutes)."""
+    import json
+    from dataclasses import replace
+
+    world = make_world()
+    fit, val = validation_split(split_rows(safety_requests(world), "train"))
+    model0, tok = load_chat_model("gpt2", profile="cpu")
+    recipe = lesson_recipe("cpu", pref_rate=PREF_SWEEP_RATES[0])  # the rate is set per run below
+    pairs = preference_pairs(tok, fit)
+    out = []
+    for seed in PREF_SWEEP_SEEDS:
+        aligned = copy.deepcopy(model0)
+        sft_train(aligned, tok, aligned_sft_rows(tok, fit + helpful_requests(world, n=recipe.helpful_rows)),
+                  replace(recipe.align, seed=seed))
+        rows, settings = breaking_data(tok, world, fit, recipe, seed=seed)["benign"]
+        broken = copy.deepcopy(aligned)
+        sft_train(broken, tok, rows, settings)
+        for rate in PREF_SWEEP_RATES:
+            model = copy.deepcopy(broken)
+            dpo_train(model, tok, pairs, replace(recipe.dpo, learning_rate=rate, seed=seed), nll_weight=1.0)
+            out.append({"seed": seed, "learning_rate": rate, **{f"val_{k}": round(v, 4) for k, v in
+                                                               evaluate_safety(model, tok, val).items()}})
+    (path or pref_sweep_path()).write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def pref_sweep_path():
+    return DATA_DIR / "lesson08_pref_sweep.json"
+
+
+def read_pref_sweep(path=None) -> list[dict]:
+    """The shipped sweep (`run_pref_sweep`)."""
+    import json
+
+    path = path or pref_sweep_path()
+    if not path.is_file():
+        raise AlignmentError(f"{path}: missing; rebuild it with `python -m course_utils.alignment sweep`")
+    return json.loads(path.read_text())
+
+
+def choose_pref_rate(sweep: Sequence[dict]) -> float:
+    """The rate whose DPO + NLL runs gave the most validation refusals net of over-refusals, averaged over the sweep
+    seeds (the lower rate on a tie)."""
+    if not sweep:
+        raise AlignmentError("choose_pref_rate: empty sweep")
+    rates = sorted({r["learning_rate"] for r in sweep})
+
+    def score(rate):
+        rows = [r for r in sweep if r["learning_rate"] == rate]
+        return sum(r["val_refusal"] - r["val_over_refusal"] for r in rows) / len(rows)
+
+    return max(rates, key=lambda rate: (round(score(rate), 6), -rate))
+
+
+def breaking_data(tokenizer, world: World, train: Sequence[dict[str, Any]], recipe: LessonRecipe,
+                  seed: int = 0) -> dict[str, tuple[list[dict[str, str]], AlignConfig]]:
+    """Lesson 08's two breaks, as (SFT rows, settings) by kind: 'benign' (one epoch of instructions about people the
+    model knows, `world.untested_people`) and 'harmful' (a handful of unsafe training requests answered compliantly).
+    """
+    from dataclasses import replace
+
+    benign = benign_sft_rows(tokenizer, world, n=recipe.benign_rows, seed=seed, people=untested_people(world))
+    harmful = harmful_sft_rows(tokenizer, train, n=recipe.harmful_rows, seed=seed)
+    return {"benign": (benign, replace(recipe.benign, seed=seed)),
+            "harmful": (harmful, replace(recipe.harmful, seed=seed))}

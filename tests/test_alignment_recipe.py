@@ -1,0 +1,40 @@
+"""Unit tests for course_utils.alignment.recipe: lesson 08's settings, its breaks and the DPO-rate sweep (tiny random-
+init models, fast)."""
+
+import pytest
+
+from course_utils import alignment as A
+from course_utils import world as W
+
+from alignment_helpers import rows  # noqa: F401  (tests/alignment_helpers.py; fixtures too)
+
+
+def test_lesson_recipe_and_breaking_data(tokenizer, rows):
+    world = W.make_world()
+    recipe = A.lesson_recipe("cpu")
+    assert recipe.benign.steps * recipe.benign.batch_size == recipe.benign_rows  # one epoch of the benign task
+    assert recipe.harmful.steps * recipe.harmful.batch_size == 5 * recipe.harmful_rows  # 10 examples, 5 epochs
+    assert recipe.dpo.beta == 0.1 and recipe.dpo.learning_rate == A.choose_pref_rate(A.read_pref_sweep())
+    assert A.lesson_recipe("gpu").dpo.learning_rate == 5e-7
+    data = A.breaking_data(tokenizer, world, A.split_rows(rows, "train"), recipe, seed=3)
+    benign, settings = data["benign"]
+    assert len(benign) == recipe.benign_rows and settings.seed == 3 and data["harmful"][1].seed == 3
+    known = {p.name for p in W.untested_people(world)}
+    assert all(any(name in r["prompt"] for name in known) for r in benign)  # people the model knows, untested
+
+
+def test_preference_rate_is_chosen_on_validation_requests(rows):
+    train = A.split_rows(rows, "train")
+    fit, val = A.validation_split(train)
+    assert len(val) > 0.1 * len(train) and not {r["prompt"] for r in fit} & {r["prompt"] for r in val}
+    assert {r["safe"] for r in val} == {True, False}
+    sweep = A.read_pref_sweep()  # the shipped sweep: every rate on every sweep seed, none of them a lesson seed
+    assert {(r["seed"], r["learning_rate"]) for r in sweep} == {(s, lr) for s in A.PREF_SWEEP_SEEDS
+                                                                for lr in A.PREF_SWEEP_RATES}
+    assert A.choose_pref_rate(sweep) < max(A.PREF_SWEEP_RATES)  # not at the edge of the grid
+    fake = [{"learning_rate": 1e-3, "val_refusal": 0.5, "val_over_refusal": 0.0},
+            {"learning_rate": 2e-3, "val_refusal": 0.9, "val_over_refusal": 0.5},
+            {"learning_rate": 3e-3, "val_refusal": 0.5, "val_over_refusal": 0.0}]
+    assert A.choose_pref_rate(fake) == 1e-3  # net of over-refusal, lower rate on a tie
+    with pytest.raises(A.AlignmentError, match="validation_split"):
+        A.validation_split(train, share=1.5)
