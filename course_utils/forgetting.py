@@ -13,8 +13,8 @@ holds the pieces lesson 02 needs to *measure* that loss and to fight it:
   (Biderman et al. 2024, "LoRA learns less and forgets less");
 - `forgetting_data`, `StudyConfig`, `run_study`: one seed's taught, validation and test people, a replay pool
   that never holds a probed person (`world.replay_texts`), and every setting of the lesson run on them;
-- `choose_on_validation`, `matched_gain`, `at_its_learning`: a mitigation's strength chosen on validation people,
-  and every method judged on test people at matched learning.
+- `choose_on_validation`, `run_values`, `matched_gain`, `at_its_learning`: a mitigation's strength chosen on
+  validation people, and every method judged on test people at matched learning.
 
 EWC and the Fisher are written by hand because neither `transformers`, `peft` nor `trl` provides them; everything
 else (training loop, schedules, adapters) is the Hugging Face `Trainer` and `peft`.
@@ -526,20 +526,30 @@ def at_edge(summary: "pd.DataFrame", method: str, chosen: Mapping[Any, str]) -> 
     return out
 
 
+def run_values(summary: "pd.DataFrame", method: str, setting: Mapping[Any, str] | str | None = None,
+               column: str = "forgot@target") -> dict[Any, float]:
+    """Per seed, `column` of `method`'s run: the run with `setting` (one for all seeds, or per seed as chosen on
+    validation), or the method's one run when `setting` is None (naive, lower lr). Seeds in the summary's order."""
+    out = {}
+    for seed in summary["seed"].unique():
+        pick = setting if setting is None or isinstance(setting, str) else setting[seed]
+        run = summary[(summary["method"] == method) & (summary["seed"] == seed)]
+        if pick is not None:
+            run = run[run["setting"] == pick]
+        if len(run) != 1:
+            raise ForgettingError(f"run_values: need one {method}{f' ({pick})' if pick is not None else ''} run in "
+                                  f"seed {seed}, found {len(run)}")
+        out[seed] = run[column].item()
+    return out
+
+
 def matched_gain(summary: "pd.DataFrame", method: str, setting_by_seed: Mapping[Any, str] | str,
                  baseline: str = "naive", column: str = "forgot@target") -> dict[Any, float]:
     """Per seed: `column` of the baseline run minus that of `method`'s run with the given setting (per seed, or
     one for all): how much less it forgot at matched learning (positive: the mitigation helped)."""
-    out = {}
-    for seed in summary["seed"].unique():
-        setting = setting_by_seed if isinstance(setting_by_seed, str) else setting_by_seed[seed]
-        base = summary[(summary["method"] == baseline) & (summary["seed"] == seed)]
-        run = summary[(summary["method"] == method) & (summary["seed"] == seed) & (summary["setting"] == setting)]
-        if len(base) != 1 or len(run) != 1:
-            raise ForgettingError(f"matched_gain: need one {baseline} run and one {method} ({setting}) run in seed "
-                                  f"{seed}, found {len(base)} and {len(run)}")
-        out[seed] = float(base[column].iloc[0] - run[column].iloc[0])
-    return out
+    base = run_values(summary, baseline, column=column)
+    run = run_values(summary, method, setting_by_seed, column)
+    return {seed: float(base[seed] - run[seed]) for seed in base}
 
 
 def at_its_learning(curves: Sequence[Mapping[str, Any]], method: str, setting: str, reference: str = "naive",

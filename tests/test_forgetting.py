@@ -293,8 +293,12 @@ def test_settings_are_chosen_on_validation_people_only():
         F.choose_on_validation(summary, "rehearsal")
     with pytest.raises(F.ForgettingError, match="no ewc setting reached the target in seed 2"):
         F.choose_on_validation(_summary([("ewc", "lambda=10", 2, nan, nan)]), "ewc")
-    with pytest.raises(F.ForgettingError, match="need one naive run"):
+    with pytest.raises(F.ForgettingError, match=r"need one ewc \(lambda=5\) run in seed 0, found 0"):
         F.matched_gain(summary, "ewc", "lambda=5")
+    assert F.run_values(summary, "naive") == {0: 0.30, 1: 0.28}
+    assert F.run_values(summary, "ewc", chosen, column="val_old_recall@target") == {0: 0.90, 1: 0.95}
+    with pytest.raises(F.ForgettingError, match="need one ewc run in seed 0, found 3"):
+        F.run_values(summary, "ewc")
 
 
 def test_at_its_learning_reads_the_reference_where_the_method_ended():
