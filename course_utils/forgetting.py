@@ -11,7 +11,7 @@ holds the pieces lesson 02 needs to *measure* that loss and to fight it:
   few steps, so each run draws its own learning-vs-forgetting curve;
 - `value_at`: reads such a curve at a chosen amount of learning, to compare methods at matched learning
   (Biderman et al. 2024, "LoRA learns less and forgets less");
-- `forgetting_data`, `StudyConfig`, `run_study`: one seed's taught, validation and test people, a replay pool
+- `forgetting_data`, `ForgettingStudyConfig`, `run_study`: one seed's taught, validation and test people, a replay pool
   that never holds a probed person (`world.replay_texts`), and every setting of the lesson run on them;
 - `choose_on_validation`, `run_values`, `matched_gain`, `at_its_learning`: a mitigation's strength chosen on
   validation people, and every method judged on test people at matched learning.
@@ -282,7 +282,7 @@ class RunConfig(CourseConfig):
 
 
 @dataclass
-class StudyConfig(CourseConfig):
+class ForgettingStudyConfig(CourseConfig):
     """Lesson 02's experiment, fixed before any run: every setting below runs on every seed.
 
     Full fine-tuning at `learning_rate` is the naive baseline; the mitigations are the same fine-tuning at
@@ -311,12 +311,12 @@ class StudyConfig(CourseConfig):
 
     def check(self) -> None:
         if not self.lower_learning_rate < self.learning_rate:
-            raise ForgettingError(f"StudyConfig: lower_learning_rate ({self.lower_learning_rate:g}) must be below "
-                                  f"learning_rate ({self.learning_rate:g})")
+            raise ForgettingError(f"ForgettingStudyConfig: lower_learning_rate ({self.lower_learning_rate:g}) must be "
+                                  f"below learning_rate ({self.learning_rate:g})")
         if not self.ratios or not all(isinstance(r, (int, float)) and 0 < r < 1 for r in self.ratios):
-            raise ForgettingError(f"StudyConfig: ratios must be shares in (0, 1), got {self.ratios!r}")
+            raise ForgettingError(f"ForgettingStudyConfig: ratios must be shares in (0, 1), got {self.ratios!r}")
         if not self.lambdas or not all(isinstance(v, (int, float)) and v > 0 for v in self.lambdas):
-            raise ForgettingError(f"StudyConfig: lambdas must be positive, got {self.lambdas!r}")
+            raise ForgettingError(f"ForgettingStudyConfig: lambdas must be positive, got {self.lambdas!r}")
 
     def run_config(self, learning_rate: float, seed: int) -> "RunConfig":
         """The `RunConfig` of one run of this study."""
@@ -331,7 +331,7 @@ class StudyConfig(CourseConfig):
                 + [("lora", self.lora_learning_rate, {"lora_r": self.lora_r, "lora_mlp": mlp}) for mlp in (False, True)])
 
 
-def run_study(base_model, tokenizer, data: ForgettingData, study: StudyConfig, seed: int,
+def run_study(base_model, tokenizer, data: ForgettingData, study: ForgettingStudyConfig, seed: int,
               probe_texts: Sequence[str] = ()) -> tuple[list[dict[str, Any]], dict[str, float], dict]:
     """Every setting of `study` on one seed's `data`: returns (curves, the base model's measured row, the Fisher).
 
