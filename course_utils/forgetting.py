@@ -32,12 +32,11 @@ from transformers import Trainer
 from course_utils.claims import rehearsal
 from course_utils.config import CourseConfig, Limit
 from course_utils.errors import CourseError
-from course_utils.evaluate import fact_recall, perplexity
+from course_utils.evaluate import knowledge_probe
 from course_utils.peft_methods import apply_lora
-from course_utils.text import encode, model_device, pad_batch, pad_id
 from course_utils.train import ForgettingMonitor, causal_lm_trainer, rehearsal_set, tokenize_texts
 from course_utils.train import mix_rehearsal, rehearsal_count  # noqa: F401  (lesson 02 calls them as F.*)
-from course_utils.world import ATTRIBUTES, RECALL_PROMPTS, World, heldout_bios, replay_texts, sample_world
+from course_utils.world import World, heldout_bios, replay_texts, sample_world
 
 
 LIBRARY_CALLS = {
@@ -199,71 +198,6 @@ class EWCTrainer(Trainer):
             steps = getattr(self, "current_gradient_accumulation_steps", 1) or 1
             loss = loss + (penalty / steps if scaled else penalty)
         return (loss, outputs) if return_outputs else loss
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Measuring a run: what was learned, what was lost
-# ---------------------------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def fast_fact_recall(model, tokenizer, people: Sequence, attributes: Sequence[str] | None = None,
-                     batch_size: int = 256) -> dict[str, float]:
-    """The same number as `evaluate.fact_recall`, about 12x faster when every value is a single token.
-
-    `fact_recall` scores each of the 12 candidate values as a separate continuation (12 forward passes per
-    question, which works for any tokenizer). With the course tokenizer every value is one token, so one forward
-    pass per question and a look at the 12 candidates' next-token logits gives the same ranking. That matters
-    here because lesson 02 measures recall every few steps of every run. Falls back to `fact_recall` otherwise.
-    """
-
-    attributes = list(attributes or ATTRIBUTES)
-    value_ids = {a: [tokenizer(f" {v}", add_special_tokens=False)["input_ids"] for v in ATTRIBUTES[a]]
-                 for a in attributes if a in ATTRIBUTES}
-    if not people or len(value_ids) < len(attributes) or any(len(i) != 1 for ids in value_ids.values() for i in ids):
-        return fact_recall(model, tokenizer, people, attributes, batch_size)  # its own clear errors, or multi-token
-    model.eval()
-    device = model_device(model)
-    pad = pad_id(tokenizer)
-    result = {}
-    for attr in attributes:
-        candidates = torch.tensor([i[0] for i in value_ids[attr]], device=device)
-        seqs = [encode(tokenizer, RECALL_PROMPTS[attr].format(name=p.name)) for p in people]
-        picks = []
-        for start in range(0, len(seqs), batch_size):
-            chunk = seqs[start:start + batch_size]
-            ids, mask = pad_batch(chunk, pad)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            last = torch.tensor([len(s) - 1 for s in chunk], device=device)
-            picks.append(logits[torch.arange(len(chunk), device=device), last][:, candidates].argmax(-1).cpu())
-        truth = torch.tensor([ATTRIBUTES[attr].index(getattr(p, attr)) for p in people])
-        result[attr] = (torch.cat(picks) == truth).float().mean().item()
-    return result
-
-
-def knowledge_probe(tokenizer, old_people: Sequence, new_people: Sequence, old_texts: Sequence[str] | None = None,
-                    attributes: Sequence[str] | None = None,
-                    val_people: Sequence | None = None) -> Callable[[Any], dict[str, float]]:
-    """A function model -> {"new_recall", "old_recall", "old_ppl", "val_old_recall"}: learned (recall of the facts
-    being taught), kept (recall of facts the base model knew, on the *test* people `old_people`), and, if given,
-    perplexity on original-style `old_texts` and old-fact recall on `val_people`, the people settings are chosen on."""
-
-    if not old_people or not new_people:
-        raise ForgettingError("knowledge_probe: need at least one old and one new person")
-    if val_people is not None and {p.name for p in val_people} & {p.name for p in old_people}:
-        raise ForgettingError("knowledge_probe: validation and test people overlap; choose on people you do not judge on")
-
-    def measure(model) -> dict[str, float]:
-        new = fast_fact_recall(model, tokenizer, new_people, attributes)
-        old = fast_fact_recall(model, tokenizer, old_people, attributes)
-        out = {"new_recall": sum(new.values()) / len(new), "old_recall": sum(old.values()) / len(old)}
-        if val_people:
-            val = fast_fact_recall(model, tokenizer, val_people, attributes)
-            out["val_old_recall"] = sum(val.values()) / len(val)
-        if old_texts:
-            out["old_ppl"] = perplexity(model, tokenizer, old_texts)
-        return out
-
-    return measure
 
 
 @dataclass

@@ -37,6 +37,7 @@ from course_utils.world import ATTRIBUTES
 
 
 NOISE_TYPES = ("label", "grammar", "typo")
+KIND_COLOURS = {"label": "tab:red", "grammar": "tab:blue", "typo": "tab:green"}  # each noise type's plot colour
 LIBRARY_CALLS = {
     "transformers:Trainer.__init__": ["model", "args", "train_dataset", "data_collator", "callbacks"],
     "transformers:TrainingArguments": ["max_steps", "per_device_train_batch_size", "learning_rate", "warmup_steps",
@@ -755,7 +756,7 @@ def plot_f1_vs_rate(results, baseline: float | None = None,
                                             index=[0.0]), part.agg(["mean", "min", "max"])])
             ax.errorbar(stats.index * 100, stats["mean"],
                         yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-                        marker="o", capsize=3, color=layers.COLOURS[kind], label=kind)
+                        marker="o", capsize=3, color=KIND_COLOURS[kind], label=kind)
         if baseline is not None:
             ax.axhline(baseline, color="grey", ls=":", lw=1, label="trivial baseline")
         ax.set_ylim(0, 1.0)
@@ -779,7 +780,7 @@ def plot_learning_curves(curves, rate: float = 0.4):
     fig, axes = plt.subplots(1, len(families), figsize=(4.2 * len(families), 3.0), sharey=True, squeeze=False)
     for ax, family in zip(axes[0], families):
         fam = df[df.family == family]
-        for kind, colour in ((CLEAN, "black"), *layers.COLOURS.items()):
+        for kind, colour in ((CLEAN, "black"), *KIND_COLOURS.items()):
             part = fam[(fam.noise == kind) & (fam.rate == (0.0 if kind == CLEAN else rate))]
             if len(part):
                 mean = part.groupby("step").loss.mean()
