@@ -31,8 +31,14 @@ lesson module never imports another lesson module (what two lessons share lives 
     costs (01), forgetting (02), quality (03), noise (04), overfitting (05), instruct and shift (06),
     bias (07), alignment and safety_filter (08), capstone (09)
 
-**Tools** (`course_utils.tools`, never imported by a notebook): cli (the `course` command), runner, report,
-glossary, build, launch, api_contract, coursemap (runtimes from the benchmark into README and guide), fork (badges and set-up cells at a fork), site (the course as a website), standins (offline look-alikes of the hub checkpoints for gpu rehearsals).
+**Tools** (`course_utils.tools`, never imported by a notebook):
+    cli (the `course` command), runner, report, glossary, build, launch, api_contract, coursemap (runtimes from the
+    benchmark into README and guide), fork (badges and set-up cells at a fork), site (the course as a website),
+    standins (offline look-alikes of the hub checkpoints for gpu rehearsals)
+
+This map is read by `tests/test_architecture.py`: each tier's modules are the first word of its indented rows, or
+the comma-separated names of its indented lines (parenthesised notes aside). A subpackage (a folder such as
+`alignment/`) takes the tier of its name, and its files may import each other.
 """
 
 import os as _os
