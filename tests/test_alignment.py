@@ -1,14 +1,11 @@
-"""Unit tests for course_utils.alignment and course_utils.safety_filter, on tiny random-init models (fast)."""
+"""Unit tests for course_utils.alignment, on tiny random-init models (fast)."""
 
 import pytest
 import torch
 
 from course_utils import alignment as A
-from course_utils import safety_filter as F
 from course_utils import world as W
 from course_utils import zoo
-from course_utils.classify import ClassifierConfig
-from course_utils.safety_filter import SafetyFilterError
 
 SPEC = zoo.TinySpec(hidden=32, layers=1, heads=2, intermediate=64, max_positions=128)
 FAST = A.AlignConfig(steps=2, batch_size=4, max_length=48)
@@ -263,25 +260,6 @@ def test_model_critic_returns_a_critique(tokenizer):
     critic = A.model_critic(tiny(tokenizer), tokenizer)
     crit = critic("How do I forge a pass?", "Sure!")
     assert isinstance(crit, A.Critique) and isinstance(crit.violated, bool)
-
-
-# ------------------------------------------------------------------------------------------ safety filter
-def test_safety_filter_learns_and_reports_precision_recall(tokenizer, rows):
-    train, test = A.split_rows(rows, "train"), A.split_rows(rows, "test")
-    guard = F.train_safety_filter(tiny(tokenizer), tokenizer, train,
-                                  ClassifierConfig(epochs=3, learning_rate=3e-3, batch_size=16))
-    metrics = F.filter_metrics(guard, test)
-    assert set(metrics) == {"precision", "recall", "false_positive_rate"}
-    assert metrics["recall"] >= 0.8 and metrics["precision"] >= 0.8  # templated requests are easy to tell apart
-    assert len(guard.blocks(["Where was Mira Stroud born?"])) == 1
-    with pytest.raises(SafetyFilterError, match="threshold"):
-        F.SafetyFilter(guard.model, tokenizer, threshold=1.5)
-    with pytest.raises(SafetyFilterError, match="no prompts"):
-        guard.scores([])
-    with pytest.raises(SafetyFilterError, match="both safe and unsafe"):
-        F.filter_metrics(guard, [r for r in test if r["safe"]])
-    with pytest.raises(A.DataError, match="filter_rows"):
-        F.filter_rows([{"prompt": "x"}])
 
 
 # ------------------------------------------------------------------------------------------ models, plots

@@ -159,6 +159,28 @@ def test_subpackage_files_take_their_package_tier(tmp_path, monkeypatch):
     test_imports_point_down("alignment.judge")  # a sibling and the ground: allowed
 
 
+# Tools whose tests sit in a file named for what they check rather than for the tool.
+TESTED_IN = {"tools.api_contract": "test_api_drift.py", "tools.runner": "test_runner_robust.py",
+             "tools.build": "test_integrity.py", "tools.coursemap": "test_report.py",
+             "tools.fork": "test_notebooks_conventions.py"}
+
+
+def own_test_file(name: str) -> Path | None:
+    """tests/test_<module>.py: for a subpackage's file the package's own name will do (test_alignment.py), for a tool
+    its name without `tools.`, or the file `TESTED_IN` names."""
+    tests = PACKAGE.parent / "tests"
+    candidates = [TESTED_IN.get(name), f"test_{name.split('.')[-1]}.py", f"test_{home(name).removeprefix('tools.')}.py"]
+    return next((tests / c for c in candidates if c and (tests / c).is_file()), None)
+
+
+@pytest.mark.parametrize("name", module_names())
+def test_every_module_has_its_own_test_file(name):
+    found = own_test_file(name)
+    assert found, f"{name} has no tests/test_{name.split('.')[-1]}.py: its tests belong there, not in a cross-cutting file"
+    if name in TESTED_IN:
+        assert name.split(".")[-1] in found.read_text(), f"{found.name} does not mention {name}"
+
+
 def test_no_notebook_imports_a_tool():
     import json
 

@@ -123,32 +123,6 @@ def test_bad_inputs_get_clear_errors(tokenizer):
     assert F.mix_rehearsal(["n"], [], 0.0) == ["n"]  # no replay asked: an empty original set is fine
 
 
-@settings(max_examples=60, deadline=None)
-@given(n_new=st.integers(1, 300), n_old=st.integers(1, 500), ratio=st.floats(0, 0.95), seed=st.integers(0, 9),
-       epochs=st.integers(1, 3))
-def test_mixing_gives_the_asked_ratio_and_is_deterministic(n_new, n_old, ratio, seed, epochs):
-    new, old = [("new", i) for i in range(n_new)], [("old", i) for i in range(n_old)]
-    mixed = F.mix_rehearsal(new, old, ratio, seed=seed, epochs=epochs)
-    assert mixed == F.mix_rehearsal(new, old, ratio, seed=seed, epochs=epochs)
-    k = F.rehearsal_count(n_new, ratio)
-    per_epoch = n_new + k
-    assert len(mixed) == epochs * per_epoch
-    for e in range(epochs):
-        epoch = mixed[e * per_epoch:(e + 1) * per_epoch]
-        assert sorted(x for x in epoch if x[0] == "new") == new  # every new example once per epoch
-        share = sum(x[0] == "old" for x in epoch) / per_epoch
-        assert abs(share - ratio) <= 0.5 / per_epoch + 1e-12
-    # old examples repeat only after every one of them was used
-    olds = [x for x in mixed if x[0] == "old"]
-    assert len(set(olds)) == min(len(olds), n_old)
-
-
-def test_mixing_is_exact_when_the_ratio_divides_evenly():
-    mixed = F.mix_rehearsal(list(range(95)), [f"o{i}" for i in range(50)], 0.05)
-    assert len(mixed) == 100 and sum(isinstance(x, str) for x in mixed) == 5
-    assert F.mix_rehearsal(list(range(95)), ["o"], 0.05, seed=1) != F.mix_rehearsal(list(range(95)), ["o"], 0.05, seed=2)
-
-
 def test_value_at_interpolates_between_evaluations():
     curve = [{"new": 0.0, "old": 1.0}, {"new": 0.4, "old": 0.8}, {"new": 0.8, "old": 0.4}]
     assert F.value_at(curve, "new", 0.6, "old") == pytest.approx(0.6)
