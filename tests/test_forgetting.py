@@ -3,8 +3,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from course_utils import forgetting as F
 from course_utils import zoo

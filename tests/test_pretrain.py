@@ -1,8 +1,6 @@
 """course_utils.pretrain: how the shipped base models were pretrained (until they recall the seen people's facts),
 and lesson 00's drawing of that recall curve."""
 
-import pytest
-
 from course_utils import pretrain as P
 from course_utils import zoo
 from course_utils.world import ATTRIBUTES, biography, make_world
