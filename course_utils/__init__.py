@@ -19,22 +19,28 @@ lesson module never imports another lesson module (what two lessons share lives 
 **Machinery**: what trains and measures models, shared by the lessons.
     world         the synthetic world: people, facts, biographies, Q/A, reviews, safety requests
     zoo           the tiny GPT-2, Qwen2 and Llama models (cpu) or hub checkpoints (gpu), loaded one way
-    pretrain      how the shipped base models were pretrained (`course build`)
+    pretrain      how the shipped base models were pretrained (`course build`), and lesson 00's recall curve
     train         datasets for causal LMs, collators, the shared `Trainer` set-up, rehearsal, resumable runs
-    evaluate      fact recall, perplexity, greedy generation
+    evaluate      fact recall, perplexity, greedy generation; what a run learned and kept (`knowledge_probe`)
     peft_methods  LoRA, prefix tuning, IA3 and freezing per family
     classify      a decoder model as a text classifier; out-of-fold probabilities
     distill       knowledge distillation into a smaller student
     gpu           the gpu profile's loading plan (full, LoRA or 4-bit QLoRA by memory)
     layers        layer-by-layer comparison of two models (CKA, weight change, attention)
-    plots         plot helpers the lessons share
 
 **Lesson modules**: one concept each, used by one lesson.
     costs (01), forgetting (02), quality (03), noise (04), overfitting (05), instruct and shift (06),
     bias (07), alignment and safety_filter (08), capstone (09)
 
-**Tools** (`course_utils.tools`, never imported by a notebook): cli (the `course` command), runner, report,
-glossary, build, launch, api_contract, coursemap (runtimes from the benchmark into README and guide), fork (badges and set-up cells at a fork), site (the course as a website), sourcelinks (each notebook's list of the modules it uses, each module's lessons), standins (offline look-alikes of the hub checkpoints for gpu rehearsals).
+**Tools** (`course_utils.tools`, never imported by a notebook):
+    cli (the `course` command), runner, report, glossary, build, launch, api_contract, coursemap (runtimes from the
+    benchmark into README and guide), fork (badges and set-up cells at a fork), site (the course as a website),
+    sourcelinks (each notebook's list of the modules it uses, each module's lessons), standins (offline look-alikes
+    of the hub checkpoints for gpu rehearsals)
+
+This map is read by `tests/test_architecture.py`: each tier's modules are the first word of its indented rows, or
+the comma-separated names of its indented lines (parenthesised notes aside). A subpackage (a folder such as
+`alignment/`) takes the tier of its name, and its files may import each other.
 """
 
 import os as _os

@@ -24,6 +24,7 @@ import operator
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from course_utils.errors import CourseError, Limit, check_number
@@ -187,21 +188,31 @@ def records(table: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
+def interval_text(mean: float, low: float, high: float) -> str:
+    """'0.412 [0.380, 0.444]': a mean and its 95 % interval, three decimals; the mean alone when the interval is
+    undefined (one seed). Every interval the course prints is written by this one function."""
+    return f"{mean:.3f}" if math.isnan(low) else f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def mean_ci(values) -> str:
+    """`interval_text` of the mean of `values` (a list, a Series, or one number when one seed ran) with its
+    Student-t interval (`t_interval`)."""
+    return interval_text(*t_interval(list(np.atleast_1d(values))))
+
+
 def measured_table(table: pd.DataFrame) -> pd.DataFrame:
     """The 'what we measured' table a lesson ends with: claim, our mean and interval, seeds held, verdict."""
     def interval(row) -> str:
-        if math.isnan(row["95% low"]):
-            return f"{row['mean']:.3f}"
-        return f"{row['mean']:.3f} [{row['95% low']:.3f}, {row['95% high']:.3f}]"
+        return interval_text(row["mean"], row["95% low"], row["95% high"])
 
     return pd.DataFrame({"published": table["published"], "our mean [95% interval]": table.apply(interval, axis=1),
                          "held in": table["held in"], "verdict": table["verdict"]})
 
 
-def per_seed(rows: Iterable[Mapping[str, Any]], seed_key: str = "seed", **columns: str) -> dict[str, dict]:
-    """Collect {claim name: {seed: value}} from rows that each carry a seed and named columns.
-
-    `per_seed(rows, gap="label gap (gpt2)")` maps column `gap` of each row to that claim, keyed by the row's seed.
+def measured_from_rows(rows: Iterable[Mapping[str, Any]], seed_key: str = "seed", **columns: str) -> dict[str, dict]:
+    """The `measured` argument of `verdicts`, {claim name: {seed: value}}, from rows that each carry a seed and
+    named columns: `measured_from_rows(rows, gap="label gap (gpt2)")` maps column `gap` of each row to that claim,
+    keyed by the row's seed.
     """
     out: dict[str, dict] = {name: {} for name in columns.values()}
     for row in rows:
@@ -210,5 +221,5 @@ def per_seed(rows: Iterable[Mapping[str, Any]], seed_key: str = "seed", **column
     return out
 
 
-__all__ = ["Claim", "ClaimError", "EXPECTATIONS", "check", "declaration_table", "declare", "measured_table",
-           "per_seed", "records", "t_interval", "verdict_of", "verdicts"]
+__all__ = ["Claim", "ClaimError", "EXPECTATIONS", "check", "declaration_table", "declare", "interval_text", "mean_ci",
+           "measured_from_rows", "measured_table", "records", "t_interval", "verdict_of", "verdicts"]

@@ -37,7 +37,7 @@ from torch.utils._pytree import tree_flatten
 from transformers import TrainerCallback
 
 from course_utils import zoo
-from course_utils.claims import t_interval
+from course_utils.claims import interval_text, t_interval
 from course_utils.distill import DistillationTrainer, shrink_model
 from course_utils.config import CourseConfig
 from course_utils.errors import CourseError, check_rate
@@ -658,12 +658,8 @@ def relative_summary(rows, reference: str = "full") -> "pd.DataFrame":
     parts = {}
     for name, (column, how) in measures.items():
         stats = with_intervals(versus(rows, column, reference, how))
-        parts[name] = stats.apply(lambda r: _interval_text(r["mean"], r["95% low"], r["95% high"]), axis=1)
+        parts[name] = stats.apply(lambda r: interval_text(r["mean"], r["95% low"], r["95% high"]), axis=1)
     return pd.DataFrame(parts)
-
-
-def _interval_text(mean: float, low: float, high: float) -> str:
-    return f"{mean:.3f}" if math.isnan(low) else f"{mean:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def decision_guide(rows, reference: str = "full", ppl_tolerance: float = 1.10, acc_tolerance: float = 0.05,

@@ -1,5 +1,8 @@
 """Measuring a model: fact recall per attribute, perplexity, and batched greedy generation.
 
+`fast_fact_recall` gives `fact_recall`'s number in one forward pass per question, and `knowledge_probe` turns it
+into what a fine-tuning run learned and kept (lessons 02 and 09, and `course launch`).
+
 Everything runs under `torch.no_grad()`, in batches, deterministically (greedy decoding unless a temperature asks for
 sampling under a seed), so a number in a notebook is the same every time the notebook runs on the same machine.
 
@@ -9,13 +12,13 @@ Used in lessons: 00, 01, 04
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from course_utils.data import DataError
 from course_utils.errors import check_count, check_vocab
-from course_utils.text import chat_turn, check_texts, encode_for, model_device, pad_batch, pad_id, stop_ids
+from course_utils.text import chat_turn, check_texts, encode, encode_for, model_device, pad_batch, pad_id, stop_ids
 from course_utils.world import ATTRIBUTES, Person, RECALL_PROMPTS, biography, generic_eval_text
 
 
@@ -77,6 +80,41 @@ def fact_recall(model, tokenizer, people: Sequence[Person], attributes: Sequence
         picks = scores.view(len(people), len(values)).argmax(-1)
         truth = torch.tensor([values.index(getattr(p, attr)) for p in people])
         result[attr] = (picks == truth).float().mean().item()
+    return result
+
+
+@torch.no_grad()
+def fast_fact_recall(model, tokenizer, people: Sequence, attributes: Sequence[str] | None = None,
+                     batch_size: int = 256) -> dict[str, float]:
+    """The same number as `evaluate.fact_recall`, about 12x faster when every value is a single token.
+
+    `fact_recall` scores each of the 12 candidate values as a separate continuation (12 forward passes per
+    question, which works for any tokenizer). With the course tokenizer every value is one token, so one forward
+    pass per question and a look at the 12 candidates' next-token logits gives the same ranking. That matters
+    in lesson 02, which measures recall every few steps of every run. Falls back to `fact_recall` otherwise.
+    """
+
+    attributes = list(attributes or ATTRIBUTES)
+    value_ids = {a: [tokenizer(f" {v}", add_special_tokens=False)["input_ids"] for v in ATTRIBUTES[a]]
+                 for a in attributes if a in ATTRIBUTES}
+    if not people or len(value_ids) < len(attributes) or any(len(i) != 1 for ids in value_ids.values() for i in ids):
+        return fact_recall(model, tokenizer, people, attributes, batch_size)  # its own clear errors, or multi-token
+    model.eval()
+    device = model_device(model)
+    pad = pad_id(tokenizer)
+    result = {}
+    for attr in attributes:
+        candidates = torch.tensor([i[0] for i in value_ids[attr]], device=device)
+        seqs = [encode(tokenizer, RECALL_PROMPTS[attr].format(name=p.name)) for p in people]
+        picks = []
+        for start in range(0, len(seqs), batch_size):
+            chunk = seqs[start:start + batch_size]
+            ids, mask = pad_batch(chunk, pad)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            last = torch.tensor([len(s) - 1 for s in chunk], device=device)
+            picks.append(logits[torch.arange(len(chunk), device=device), last][:, candidates].argmax(-1).cpu())
+        truth = torch.tensor([ATTRIBUTES[attr].index(getattr(p, attr)) for p in people])
+        result[attr] = (torch.cat(picks) == truth).float().mean().item()
     return result
 
 
@@ -170,3 +208,29 @@ def knowledge_audit(model, tokenizer, world, n_people: int | None = None) -> dic
         **{f"seen_{k}": v for k, v in seen_r.items()},
         **{f"heldout_{k}": v for k, v in held_r.items()},
     }
+
+
+def knowledge_probe(tokenizer, old_people: Sequence, new_people: Sequence, old_texts: Sequence[str] | None = None,
+                    attributes: Sequence[str] | None = None,
+                    val_people: Sequence | None = None) -> Callable[[Any], dict[str, float]]:
+    """A function model -> {"new_recall", "old_recall", "old_ppl", "val_old_recall"}: learned (recall of the facts
+    being taught), kept (recall of facts the base model knew, on the *test* people `old_people`), and, if given,
+    perplexity on original-style `old_texts` and old-fact recall on `val_people`, the people settings are chosen on."""
+
+    if not old_people or not new_people:
+        raise DataError("knowledge_probe: need at least one old and one new person")
+    if val_people is not None and {p.name for p in val_people} & {p.name for p in old_people}:
+        raise DataError("knowledge_probe: validation and test people overlap; choose on people you do not judge on")
+
+    def measure(model) -> dict[str, float]:
+        new = fast_fact_recall(model, tokenizer, new_people, attributes)
+        old = fast_fact_recall(model, tokenizer, old_people, attributes)
+        out = {"new_recall": sum(new.values()) / len(new), "old_recall": sum(old.values()) / len(old)}
+        if val_people:
+            val = fast_fact_recall(model, tokenizer, val_people, attributes)
+            out["val_old_recall"] = sum(val.values()) / len(val)
+        if old_texts:
+            out["old_ppl"] = perplexity(model, tokenizer, old_texts)
+        return out
+
+    return measure

@@ -11,10 +11,10 @@ holds the pieces lesson 02 needs to *measure* that loss and to fight it:
   few steps, so each run draws its own learning-vs-forgetting curve;
 - `value_at`: reads such a curve at a chosen amount of learning, to compare methods at matched learning
   (Biderman et al. 2024, "LoRA learns less and forgets less");
-- `forgetting_data`, `StudyConfig`, `run_study`: one seed's taught, validation and test people, a replay pool
+- `forgetting_data`, `ForgettingStudyConfig`, `run_study`: one seed's taught, validation and test people, a replay pool
   that never holds a probed person (`world.replay_texts`), and every setting of the lesson run on them;
-- `choose_on_validation`, `matched_gain`, `at_its_learning`: a mitigation's strength chosen on validation people,
-  and every method judged on test people at matched learning.
+- `choose_on_validation`, `run_values`, `matched_gain`, `at_its_learning`: a mitigation's strength chosen on
+  validation people, and every method judged on test people at matched learning.
 
 EWC and the Fisher are written by hand because neither `transformers`, `peft` nor `trl` provides them; everything
 else (training loop, schedules, adapters) is the Hugging Face `Trainer` and `peft`.
@@ -33,13 +33,13 @@ from transformers import Trainer
 
 from course_utils.config import CourseConfig, Limit
 from course_utils.errors import CourseError
-from course_utils.evaluate import fact_recall, perplexity
+from course_utils.evaluate import knowledge_probe
 from course_utils.peft_methods import apply_lora
 from course_utils.profiles import dry_run
 from course_utils.text import encode, model_device, pad_batch, pad_id
 from course_utils.train import ForgettingMonitor, causal_lm_trainer, rehearsal_set, tokenize_texts
 from course_utils.train import mix_rehearsal, rehearsal_count  # noqa: F401  (lesson 02 calls them as F.*)
-from course_utils.world import ATTRIBUTES, RECALL_PROMPTS, World, heldout_bios, replay_texts, sample_world
+from course_utils.world import World, heldout_bios, replay_texts, sample_world
 
 
 LIBRARY_CALLS = {
@@ -203,71 +203,6 @@ class EWCTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Measuring a run: what was learned, what was lost
-# ---------------------------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def fast_fact_recall(model, tokenizer, people: Sequence, attributes: Sequence[str] | None = None,
-                     batch_size: int = 256) -> dict[str, float]:
-    """The same number as `evaluate.fact_recall`, about 12x faster when every value is a single token.
-
-    `fact_recall` scores each of the 12 candidate values as a separate continuation (12 forward passes per
-    question, which works for any tokenizer). With the course tokenizer every value is one token, so one forward
-    pass per question and a look at the 12 candidates' next-token logits gives the same ranking. That matters
-    here because lesson 02 measures recall every few steps of every run. Falls back to `fact_recall` otherwise.
-    """
-
-    attributes = list(attributes or ATTRIBUTES)
-    value_ids = {a: [tokenizer(f" {v}", add_special_tokens=False)["input_ids"] for v in ATTRIBUTES[a]]
-                 for a in attributes if a in ATTRIBUTES}
-    if not people or len(value_ids) < len(attributes) or any(len(i) != 1 for ids in value_ids.values() for i in ids):
-        return fact_recall(model, tokenizer, people, attributes, batch_size)  # its own clear errors, or multi-token
-    model.eval()
-    device = model_device(model)
-    pad = pad_id(tokenizer)
-    result = {}
-    for attr in attributes:
-        candidates = torch.tensor([i[0] for i in value_ids[attr]], device=device)
-        seqs = [encode(tokenizer, RECALL_PROMPTS[attr].format(name=p.name)) for p in people]
-        picks = []
-        for start in range(0, len(seqs), batch_size):
-            chunk = seqs[start:start + batch_size]
-            ids, mask = pad_batch(chunk, pad)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            last = torch.tensor([len(s) - 1 for s in chunk], device=device)
-            picks.append(logits[torch.arange(len(chunk), device=device), last][:, candidates].argmax(-1).cpu())
-        truth = torch.tensor([ATTRIBUTES[attr].index(getattr(p, attr)) for p in people])
-        result[attr] = (torch.cat(picks) == truth).float().mean().item()
-    return result
-
-
-def knowledge_probe(tokenizer, old_people: Sequence, new_people: Sequence, old_texts: Sequence[str] | None = None,
-                    attributes: Sequence[str] | None = None,
-                    val_people: Sequence | None = None) -> Callable[[Any], dict[str, float]]:
-    """A function model -> {"new_recall", "old_recall", "old_ppl", "val_old_recall"}: learned (recall of the facts
-    being taught), kept (recall of facts the base model knew, on the *test* people `old_people`), and, if given,
-    perplexity on original-style `old_texts` and old-fact recall on `val_people`, the people settings are chosen on."""
-
-    if not old_people or not new_people:
-        raise ForgettingError("knowledge_probe: need at least one old and one new person")
-    if val_people is not None and {p.name for p in val_people} & {p.name for p in old_people}:
-        raise ForgettingError("knowledge_probe: validation and test people overlap; choose on people you do not judge on")
-
-    def measure(model) -> dict[str, float]:
-        new = fast_fact_recall(model, tokenizer, new_people, attributes)
-        old = fast_fact_recall(model, tokenizer, old_people, attributes)
-        out = {"new_recall": sum(new.values()) / len(new), "old_recall": sum(old.values()) / len(old)}
-        if val_people:
-            val = fast_fact_recall(model, tokenizer, val_people, attributes)
-            out["val_old_recall"] = sum(val.values()) / len(val)
-        if old_texts:
-            out["old_ppl"] = perplexity(model, tokenizer, old_texts)
-        return out
-
-    return measure
-
-
 @dataclass
 class RunConfig(CourseConfig):
     """One fine-tuning run: `steps` optimizer steps of `batch_size`, constant lr after `warmup_steps`."""
@@ -284,7 +219,7 @@ class RunConfig(CourseConfig):
 
 
 @dataclass
-class StudyConfig(CourseConfig):
+class ForgettingStudyConfig(CourseConfig):
     """Lesson 02's experiment, fixed before any run: every setting below runs on every seed.
 
     Full fine-tuning at `learning_rate` is the naive baseline; the mitigations are the same fine-tuning at
@@ -313,12 +248,12 @@ class StudyConfig(CourseConfig):
 
     def check(self) -> None:
         if not self.lower_learning_rate < self.learning_rate:
-            raise ForgettingError(f"StudyConfig: lower_learning_rate ({self.lower_learning_rate:g}) must be below "
-                                  f"learning_rate ({self.learning_rate:g})")
+            raise ForgettingError(f"ForgettingStudyConfig: lower_learning_rate ({self.lower_learning_rate:g}) must be "
+                                  f"below learning_rate ({self.learning_rate:g})")
         if not self.ratios or not all(isinstance(r, (int, float)) and 0 < r < 1 for r in self.ratios):
-            raise ForgettingError(f"StudyConfig: ratios must be shares in (0, 1), got {self.ratios!r}")
+            raise ForgettingError(f"ForgettingStudyConfig: ratios must be shares in (0, 1), got {self.ratios!r}")
         if not self.lambdas or not all(isinstance(v, (int, float)) and v > 0 for v in self.lambdas):
-            raise ForgettingError(f"StudyConfig: lambdas must be positive, got {self.lambdas!r}")
+            raise ForgettingError(f"ForgettingStudyConfig: lambdas must be positive, got {self.lambdas!r}")
 
     def run_config(self, learning_rate: float, seed: int) -> "RunConfig":
         """The `RunConfig` of one run of this study."""
@@ -333,7 +268,7 @@ class StudyConfig(CourseConfig):
                 + [("lora", self.lora_learning_rate, {"lora_r": self.lora_r, "lora_mlp": mlp}) for mlp in (False, True)])
 
 
-def run_study(base_model, tokenizer, data: ForgettingData, study: StudyConfig, seed: int,
+def run_study(base_model, tokenizer, data: ForgettingData, study: ForgettingStudyConfig, seed: int,
               probe_texts: Sequence[str] = ()) -> tuple[list[dict[str, Any]], dict[str, float], dict]:
     """Every setting of `study` on one seed's `data`: returns (curves, the base model's measured row, the Fisher).
 
@@ -528,20 +463,30 @@ def at_edge(summary: "pd.DataFrame", method: str, chosen: Mapping[Any, str]) -> 
     return out
 
 
+def run_values(summary: "pd.DataFrame", method: str, setting: Mapping[Any, str] | str | None = None,
+               column: str = "forgot@target") -> dict[Any, float]:
+    """Per seed, `column` of `method`'s run: the run with `setting` (one for all seeds, or per seed as chosen on
+    validation), or the method's one run when `setting` is None (naive, lower lr). Seeds in the summary's order."""
+    out = {}
+    for seed in summary["seed"].unique():
+        pick = setting if setting is None or isinstance(setting, str) else setting[seed]
+        run = summary[(summary["method"] == method) & (summary["seed"] == seed)]
+        if pick is not None:
+            run = run[run["setting"] == pick]
+        if len(run) != 1:
+            raise ForgettingError(f"run_values: need one {method}{f' ({pick})' if pick is not None else ''} run in "
+                                  f"seed {seed}, found {len(run)}")
+        out[seed] = run[column].item()
+    return out
+
+
 def matched_gain(summary: "pd.DataFrame", method: str, setting_by_seed: Mapping[Any, str] | str,
                  baseline: str = "naive", column: str = "forgot@target") -> dict[Any, float]:
     """Per seed: `column` of the baseline run minus that of `method`'s run with the given setting (per seed, or
     one for all): how much less it forgot at matched learning (positive: the mitigation helped)."""
-    out = {}
-    for seed in summary["seed"].unique():
-        setting = setting_by_seed if isinstance(setting_by_seed, str) else setting_by_seed[seed]
-        base = summary[(summary["method"] == baseline) & (summary["seed"] == seed)]
-        run = summary[(summary["method"] == method) & (summary["seed"] == seed) & (summary["setting"] == setting)]
-        if len(base) != 1 or len(run) != 1:
-            raise ForgettingError(f"matched_gain: need one {baseline} run and one {method} ({setting}) run in seed "
-                                  f"{seed}, found {len(base)} and {len(run)}")
-        out[seed] = float(base[column].iloc[0] - run[column].iloc[0])
-    return out
+    base = run_values(summary, baseline, column=column)
+    run = run_values(summary, method, setting_by_seed, column)
+    return {seed: float(base[seed] - run[seed]) for seed in base}
 
 
 def at_its_learning(curves: Sequence[Mapping[str, Any]], method: str, setting: str, reference: str = "naive",

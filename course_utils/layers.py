@@ -25,7 +25,7 @@ Used in lessons: 04
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -210,9 +210,6 @@ def upper_vs_lower(values: Sequence[float]) -> tuple[float, float]:
     return float(np.mean(values[:half])), float(np.mean(values[n - half:]))
 
 
-COLOURS = {"label": "tab:red", "grammar": "tab:blue", "typo": "tab:green"}  # as in noise.plot_f1_vs_rate
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # one scale for three views: 1 - CKA, against a floor
 
@@ -284,9 +281,10 @@ def against_floor(layer_rows, floor: str, views: Sequence[str] = tuple(VIEWS)) -
     return rest.reset_index(drop=True)
 
 
-def plot_change_profiles(ratios, views: Sequence[str] = tuple(VIEWS)):
+def plot_change_profiles(ratios, views: Sequence[str] = tuple(VIEWS), colours: Mapping[str, str] | None = None):
     """One row of panels per view, one column per family: change / floor per block, mean over seeds, one line per
-    comparison; the dashed line at 1 is the floor."""
+    comparison; the dashed line at 1 is the floor. A comparison whose name starts with a key of `colours` (the
+    lesson's own vocabulary, e.g. `noise.KIND_COLOURS`) is drawn in that colour."""
     import matplotlib.pyplot as plt
 
     df = pd.DataFrame(ratios)
@@ -300,7 +298,7 @@ def plot_change_profiles(ratios, views: Sequence[str] = tuple(VIEWS)):
         for i, view in enumerate(views):
             ax = axes[i][j]
             for name, part in fam.groupby("comparison", sort=False):
-                colour = next((c for k, c in COLOURS.items() if name.startswith(k)), None)
+                colour = next((c for k, c in (colours or {}).items() if name.startswith(k)), None)
                 mean = part.groupby("layer")[view].mean()
                 ax.plot(mean.index, mean.values, marker="o", color=colour, label=name)
             ax.axhline(1.0, color="grey", ls="--", lw=1)

@@ -39,6 +39,7 @@ from course_utils.world import ATTRIBUTES
 
 
 NOISE_TYPES = ("label", "grammar", "typo")
+KIND_COLOURS = {"label": "tab:red", "grammar": "tab:blue", "typo": "tab:green"}  # each noise type's plot colour
 LIBRARY_CALLS = {
     "transformers:Trainer.__init__": ["model", "args", "train_dataset", "data_collator", "callbacks"],
     "transformers:TrainingArguments": ["max_steps", "per_device_train_batch_size", "learning_rate", "warmup_steps",
@@ -389,7 +390,7 @@ FULL_GRID = ((CLEAN, 0.0),) + tuple((kind, rate) for kind in NOISE_TYPES for rat
 
 
 @dataclass
-class StudyConfig(CourseConfig):
+class NoiseStudyConfig(CourseConfig):
     """One fine-tuning recipe for every cell of the grid: same data, steps and hyper-parameters.
 
     The budget (steps, learning rate) was chosen on validation people so that a clean model learns the task well
@@ -411,7 +412,7 @@ class StudyConfig(CourseConfig):
     n_probe: int = 64           # test questions used as probe texts by the layer analysis
 
     @classmethod
-    def for_profile(cls, profile: str) -> "StudyConfig":
+    def for_profile(cls, profile: str) -> "NoiseStudyConfig":
         """cpu: the shipped ~1 M models at a high learning rate; gpu: hub models (124 M - 500 M parameters) need a
         small one and more steps. A dry run (stand-ins, `COURSE_REHEARSAL=1`) runs the gpu code path on the
         smallest grid that still exercises every step: it checks code, not findings."""
@@ -431,7 +432,8 @@ class QASplit:
     test: list
 
 
-def qa_study_data(qa_rows: Sequence[dict[str, Any]], config: StudyConfig = StudyConfig(), seed: int = 0) -> QASplit:
+def qa_study_data(qa_rows: Sequence[dict[str, Any]], config: NoiseStudyConfig = NoiseStudyConfig(),
+                  seed: int = 0) -> QASplit:
     """Split `world.qa_pairs` rows of *seen* people (the base model knows their facts) by person, drawn with `seed`:
     test people first, then validation people, the rest for training (their rows shuffled, the first `n_train`)."""
     rows = [r for r in qa_rows if r.get("split") == "seen"]
@@ -453,7 +455,7 @@ def qa_study_data(qa_rows: Sequence[dict[str, Any]], config: StudyConfig = Study
 
 
 def inject_qa(rows: Sequence[dict[str, Any]], kind: str, rate: float, seed: int,
-              config: StudyConfig = StudyConfig()) -> tuple[list[dict[str, Any]], NoiseRecord]:
+              config: NoiseStudyConfig = NoiseStudyConfig()) -> tuple[list[dict[str, Any]], NoiseRecord]:
     """The study's noise on Q/A rows: label noise states another value of the attribute in the answer;
     grammatical and typographical noise corrupt the *question* at the paper's word rates (the answer stays right)."""
     if kind == "label":
@@ -558,7 +560,8 @@ def load_base(family: str):
     return zoo.load_variant(base, variant) if variant else zoo.load(family)
 
 
-def train_qa(family: str, rows: Sequence[dict[str, Any]], data_seed: int, config: StudyConfig = StudyConfig()):
+def train_qa(family: str, rows: Sequence[dict[str, Any]], data_seed: int,
+             config: NoiseStudyConfig = NoiseStudyConfig()):
     """Fine-tune `family`'s base model on Q/A rows (loss on the answer only) for `config.steps` steps; the data
     order is drawn with `data_seed`. Returns (model, tokenizer, training-loss curve)."""
     from transformers import Trainer, set_seed
@@ -581,7 +584,7 @@ def train_qa(family: str, rows: Sequence[dict[str, Any]], data_seed: int, config
 
 
 def train_noisy(family: str, split: QASplit, kind: str, rate: float, seed: int,
-                config: StudyConfig = StudyConfig(), data_seed: int | None = None) -> NoisyRun:
+                config: NoiseStudyConfig = NoiseStudyConfig(), data_seed: int | None = None) -> NoisyRun:
     """Inject `kind` noise at `rate` (seeded) into the training rows, fine-tune, score on the clean test questions.
 
     `seed` fixes the noise draw and, unless `data_seed` is given, the data order: a noisy run and the clean run of
@@ -636,7 +639,7 @@ def layer_comparisons(runs: Sequence[Run], family: str, seed: int) -> dict[str, 
     return pairs
 
 
-def run_study(runs: Sequence[Run], splits: dict[int, QASplit], config: StudyConfig = StudyConfig(),
+def run_study(runs: Sequence[Run], splits: dict[int, QASplit], config: NoiseStudyConfig = NoiseStudyConfig(),
               layer_analysis: bool = True):
     """Run the grid (a progress bar counts the runs) and, per family and seed, the layer analysis.
 
@@ -755,7 +758,7 @@ def plot_f1_vs_rate(results, baseline: float | None = None,
                                             index=[0.0]), part.agg(["mean", "min", "max"])])
             ax.errorbar(stats.index * 100, stats["mean"],
                         yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-                        marker="o", capsize=3, color=layers.COLOURS[kind], label=kind)
+                        marker="o", capsize=3, color=KIND_COLOURS[kind], label=kind)
         if baseline is not None:
             ax.axhline(baseline, color="grey", ls=":", lw=1, label="trivial baseline")
         ax.set_ylim(0, 1.0)
@@ -779,7 +782,7 @@ def plot_learning_curves(curves, rate: float = 0.4):
     fig, axes = plt.subplots(1, len(families), figsize=(4.2 * len(families), 3.0), sharey=True, squeeze=False)
     for ax, family in zip(axes[0], families):
         fam = df[df.family == family]
-        for kind, colour in ((CLEAN, "black"), *layers.COLOURS.items()):
+        for kind, colour in ((CLEAN, "black"), *KIND_COLOURS.items()):
             part = fam[(fam.noise == kind) & (fam.rate == (0.0 if kind == CLEAN else rate))]
             if len(part):
                 mean = part.groupby("step").loss.mean()
@@ -793,7 +796,8 @@ def plot_learning_curves(curves, rate: float = 0.4):
     return fig
 
 
-def explorer(results, rows: Sequence[dict[str, Any]], config: StudyConfig = StudyConfig(), n_examples: int = 4):
+def explorer(results, rows: Sequence[dict[str, Any]], config: NoiseStudyConfig = NoiseStudyConfig(),
+             n_examples: int = 4):
     """An ipywidgets control: pick family, noise type and rate; see noisy training examples and the family's curves."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt

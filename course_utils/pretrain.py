@@ -1,8 +1,8 @@
 """Pretraining a tiny base model on the world's corpus, the way `course build` made the shipped models.
 
 The shipped models were trained here with the ordinary `Trainer` until they recalled every attribute of the seen
-people; lesson 00 shows the resulting recall curve (`build_info.json`). A learner rarely calls this directly: it
-takes minutes per model on two cores, which is why the results are shipped.
+people; lesson 00 shows the resulting recall curve (`build_info.json`, drawn by `plot_build_history`). A learner
+rarely calls `pretrain` directly: it takes minutes per model on two cores, which is why the results are shipped.
 
 Used in lessons: none (used by other modules and tools)
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 from transformers import TrainerCallback
 
@@ -79,3 +79,22 @@ def _schedule(config: PretrainConfig) -> dict:
 # The build's stages (one today). The build saves after each stage, and `course build --resume` runs only the
 # stages a saved model has not finished, so a later curriculum (say, a small-batch polish) can be added here.
 PRETRAIN_STAGES = (PretrainConfig(),)
+
+
+def plot_build_history(histories: Mapping[str, Sequence[dict]], attributes: Sequence[str]):
+    """Fact recall against pretraining step, one panel per family (the `history` that `pretrain` returns and
+    `zoo.build_info` reads back): memorisation arrives as a sudden jump. Lesson 00 shows it."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(histories), figsize=(4.2 * len(histories), 3.2), sharey=True, squeeze=False)
+    for ax, (family, history) in zip(axes[0], histories.items()):
+        steps = [h["step"] for h in history]
+        for attr in attributes:
+            ax.plot(steps, [h[attr] for h in history], marker=".", label=attr)
+        ax.axhline(1 / 12, color="grey", ls=":", lw=1, label="chance (1/12)")
+        ax.set_title(family)
+        ax.set_xlabel("pretraining step")
+    axes[0][0].set_ylabel("fact recall (seen people)")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

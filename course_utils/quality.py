@@ -738,7 +738,7 @@ def train_and_score(train_rows: Sequence[dict[str, Any]], test_rows: Sequence[di
 # --------------------------------------------------------------------------------------------------------------
 
 @dataclass
-class StudyConfig(CourseConfig):
+class QualityStudyConfig(CourseConfig):
     """One seed of the study: the task's size and difficulty, and the fixed fine-tuning budget per training set."""
 
     error = QualityError
@@ -752,7 +752,7 @@ class StudyConfig(CourseConfig):
     family: str = "gpt2"
 
     @classmethod
-    def for_profile(cls, profile: str, **overrides) -> "StudyConfig":
+    def for_profile(cls, profile: str, **overrides) -> "QualityStudyConfig":
         """The cpu profile's tiny models want a large step; the hub GPT-2 of the gpu profile the usual 5e-5."""
         rates = {"learning_rate": 5e-5} if profile == "gpu" else {}
         return cls(**{**rates, **overrides})
@@ -761,7 +761,7 @@ class StudyConfig(CourseConfig):
 TRAINING_SETS = ("clean", "corrupted", "cleaned (all steps)")
 
 
-def study_seed(world, seed: int, config: StudyConfig = StudyConfig()) -> dict[str, list[dict[str, Any]]]:
+def study_seed(world, seed: int, config: QualityStudyConfig = QualityStudyConfig()) -> dict[str, list[dict[str, Any]]]:
     """Everything the lesson measures in one seed, each table's rows tagged with the seed.
 
     The seed draws the task (`verdict_reviews`), the corruption (design and held-out junk alike), the folds of

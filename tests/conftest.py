@@ -10,6 +10,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 import socket
 
 import pytest
+import torch
 
 
 @pytest.fixture
@@ -37,3 +38,12 @@ def gpt2():
     from course_utils import zoo
 
     return zoo.load("gpt2", profile="cpu")
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared 2-core machine two threads mostly wait for each other (3x slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

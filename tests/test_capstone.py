@@ -109,8 +109,8 @@ def test_bad_task():
 
 
 def test_run_recipe_monitors_forgetting():
-    from course_utils import forgetting as F
     from course_utils import world as W
+    from course_utils.evaluate import knowledge_probe
     from course_utils import zoo
 
     world = W.make_world()
@@ -118,12 +118,12 @@ def test_run_recipe_monitors_forgetting():
     new, old = world.heldout[:2], world.seen[:4]
     texts = [r["text"] for r in W.heldout_bios(world) if r["person"] in {p.name for p in new}]
     recipe = C.Recipe(method="full", rehearsal_ratio=0.25, early_stopping=True)
-    model, history, trainer = C.run_recipe(recipe, base, tok, texts[:4], texts[4:], texts, F.knowledge_probe(tok, old, new),
+    model, history, trainer = C.run_recipe(recipe, base, tok, texts[:4], texts[4:], texts, knowledge_probe(tok, old, new),
                                            steps=4, batch_size=2, eval_every=2)
     assert [row["step"] for row in history] == [0, 2, 4]
     assert {"new_recall", "old_recall"} <= set(history[0])
     with pytest.raises(C.CapstoneError, match="validation"):
-        C.run_recipe(recipe, base, tok, texts, [], texts, F.knowledge_probe(tok, old, new))
+        C.run_recipe(recipe, base, tok, texts, [], texts, knowledge_probe(tok, old, new))
 
 
 def test_lessons_not_run_here_come_from_the_reference_run_and_say_so(tmp_path):

@@ -102,6 +102,18 @@ def test_records_and_measured_table_are_plain_and_readable():
     assert math.isnan(one.loc["gap", "95% low"]) and C.records(one)[0]["95% low"] is None
 
 
+def test_one_interval_format_for_every_printed_interval():
+    assert C.mean_ci([0.1, 0.2, 0.3]) == "0.200 [-0.048, 0.448]"
+    assert C.mean_ci(0.5) == C.interval_text(0.5, math.nan, math.nan) == "0.500"  # one seed: no interval
+    table = C.verdicts([claim()], {"gap": {0: 0.1, 1: 0.2, 2: 0.3}})
+    assert C.measured_table(table).loc["gap", "our mean [95% interval]"] == C.mean_ci([0.1, 0.2, 0.3])
+
+
+def test_measured_from_rows_maps_columns_to_claims_by_seed():
+    rows = [{"seed": 0, "gap": 0.2, "acc": 0.9}, {"seed": 1, "gap": 0.3, "acc": 0.8}]
+    assert C.measured_from_rows(rows, gap="label gap") == {"label gap": {0: 0.2, 1: 0.3}}
+
+
 def test_a_rehearsal_shows_undefined_measures_as_not_measured(monkeypatch):
     import math
 

@@ -18,11 +18,11 @@ from course_utils.costs import CostConfig
 from course_utils.errors import CourseError
 from course_utils.forgetting import RunConfig
 from course_utils.instruct import TuneConfig
-from course_utils.noise import StudyConfig
+from course_utils.noise import NoiseStudyConfig
 from course_utils.overfitting import OverfitConfig
 from course_utils.pretrain import PretrainConfig
 
-CONFIGS = [AlignConfig, RLConfig, ClassifierConfig, CostConfig, RunConfig, TuneConfig, StudyConfig, OverfitConfig,
+CONFIGS = [AlignConfig, RLConfig, ClassifierConfig, CostConfig, RunConfig, TuneConfig, NoiseStudyConfig, OverfitConfig,
            PretrainConfig]
 NONSENSE = [float("nan"), float("inf"), -1, 0, 1e9, "3", True, None, [1]]
 

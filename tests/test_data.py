@@ -1,6 +1,5 @@
 import pytest
 
-from course_utils.errors import check_rows
 from course_utils.data import DataError, load_dataset_file, load_sample, read_jsonl, write_jsonl
 
 
@@ -38,16 +37,6 @@ def test_missing_and_empty_files(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(DataError, match="no rows"):
         read_jsonl(tmp_path / "empty.jsonl")
-
-
-def test_check_rows_names_the_row_and_column():
-    check_rows([{"a": 1}], "rows", keys=["a"])
-    with pytest.raises(DataError, match="no rows given"):
-        check_rows([], "rows", keys=["a"], error=DataError)
-    with pytest.raises(DataError, match=r"rows: row 1 has no column\(s\) \['a'\]"):
-        check_rows([{"a": 1}, {"b": 2}], "rows", keys=["a"], error=DataError)
-    with pytest.raises(DataError, match=r"row 0 column 'label' is '1', not an integer class"):
-        check_rows([{"label": "1"}], "rows", int_keys=["label"], error=DataError)
 
 
 def test_load_sample_split():

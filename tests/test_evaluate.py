@@ -1,7 +1,13 @@
+import pytest
 import torch
 
-from course_utils.evaluate import continuation_logprobs, generate, perplexity
+from course_utils import zoo
+from course_utils.data import DataError
+from course_utils.evaluate import (continuation_logprobs, fact_recall, fast_fact_recall, generate, knowledge_probe,
+                                   perplexity)
 from course_utils.text import encode
+
+SMALL = zoo.TinySpec(hidden=32, layers=2, heads=2, intermediate=64, max_positions=64)
 
 
 def test_continuation_logprob_matches_direct_computation(gpt2):
@@ -66,3 +72,27 @@ def test_over_long_input_is_a_one_line_error(gpt2):
         generate(model, tok, ["Mira Stroud was born in Ashdale, where"], max_new_tokens=250)
     with pytest.raises(DataError, match=r"continuation_logprobs: prompt 0 with its continuation needs"):
         continuation_logprobs(model, tok, ["Mira"], [too_long])
+
+
+def test_fast_fact_recall_equals_fact_recall(tokenizer, gpt2):
+    from course_utils.world import make_world
+
+    world = make_world()
+    people = world.seen[:12] + world.heldout[:12]
+    shipped, shipped_tok = gpt2
+    assert fast_fact_recall(shipped, shipped_tok, people) == fact_recall(shipped, shipped_tok, people)
+    model = zoo.build_model("qwen2", tokenizer, SMALL, seed=3)
+    with torch.no_grad():  # a random model predicts nearly uniformly; sharpen it so ranks are not near-ties
+        model.get_output_embeddings().weight.mul_(20)
+    assert fast_fact_recall(model, tokenizer, people) == fact_recall(model, tokenizer, people)
+
+
+def test_knowledge_probe_refuses_to_choose_on_the_people_it_judges():
+    from course_utils.world import make_world
+
+    world = make_world()
+    old, new = world.seen[:4], world.heldout[:2]
+    with pytest.raises(DataError, match="validation and test people overlap"):
+        knowledge_probe(None, old, new, val_people=old[:2])
+    with pytest.raises(DataError, match="at least one old and one new person"):
+        knowledge_probe(None, [], new)

@@ -371,33 +371,6 @@ def gpt2_model():
     return zoo.load("gpt2", profile="cpu")
 
 
-words = st.lists(st.sampled_from(["Mira", "Stroud", "was", "born", "in", "Ashdale.", "the", "lamp", "works",
-                                  "well", "ü", "日本", "!", "42", "  ", "\n", "<|endoftext|>", "don't"]),
-                 min_size=1, max_size=60)
-
-
-@FAST
-@given(parts=words, repeat=st.integers(1, 300), n=st.integers(1, 40), bos=st.booleans(), eos=st.booleans())
-def test_encode_with_a_limit_is_exactly_the_cut_full_encoding(gpt2_model, parts, repeat, n, bos, eos):
-    _, tok = gpt2_model
-    s = " ".join(parts * repeat)
-    INPUTS_TRIED["n"] += 1
-    assert text.encode(tok, s, bos, eos, max_tokens=n) == text.encode(tok, s, bos, eos)[:n]
-
-
-def test_encode_with_a_limit_does_not_tokenise_a_huge_text(gpt2_model):
-    import time
-
-    _, tok = gpt2_model
-    huge = "The lamp from Kestrel works well. " * 600_000  # 20 MB
-    start = time.perf_counter()
-    ids = text.encode(tok, huge, max_tokens=64)
-    assert len(ids) == 64 and time.perf_counter() - start < 0.5
-    assert ids == text.encode(tok, huge[:2000])[:64]
-    INPUTS_TRIED["n"] += 1
-    clear_error(text.encode, tok, "x", max_tokens=0, match="max_tokens")
-
-
 def text_of_tokens(tok, n: int, add_eos: bool = True) -> str:
     """A text that `encode` (BOS, and EOS with `add_eos`) turns into exactly `n` ids: " lamp" is one token."""
     s = " lamp" * (n - 1 - add_eos)
@@ -450,16 +423,3 @@ def test_a_text_exactly_at_the_limit_still_works(gpt2_model):
 def test_zz_report_how_many_inputs_were_tried():
     print(f"\nintegrity inputs tried: {INPUTS_TRIED['n']}")
     assert INPUTS_TRIED["n"] > 250
-
-
-def test_a_huge_text_is_cut_where_it_enters_not_tokenised_whole():
-    import time
-
-    from course_utils.train import tokenize_texts
-
-    _, tok = zoo.load("gpt2")
-    huge = "Veltra has a harbour. " * 1_000_000  # about 22 MB
-    start = time.perf_counter()
-    ids = tokenize_texts(tok, [huge], max_length=64)[0]["input_ids"]
-    assert len(ids) == 64 and time.perf_counter() - start < 5
-    assert ids == text.encode(tok, "Veltra has a harbour. " * 20, add_eos=True)[:64]

@@ -158,3 +158,15 @@ def test_against_floor_and_findings():
         L.against_floor(rows, "nothing")
     with pytest.raises(L.LayerError, match="no rows"):
         L.layer_findings(ratios, "typo 40%")
+
+
+def test_change_profiles_take_their_colours_from_the_lesson():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rows = [{"family": "gpt2", "seed": 0, "comparison": name, "layer": layer, "hidden": 2.0, "attention": 1.5,
+             "weights": 1.2} for name in ("label 40%", "typo 40%", "other") for layer in (1, 2)]
+    fig = L.plot_change_profiles(rows, colours={"label": "tab:red", "typo": "tab:green"})
+    lines = {line.get_label(): line.get_color() for line in fig.axes[0].lines if not line.get_label().startswith("_")}
+    assert lines["label 40%"] == "tab:red" and lines["typo 40%"] == "tab:green"
+    assert lines["other"] not in ("tab:red", "tab:green")  # no colour given: matplotlib's cycle

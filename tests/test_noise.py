@@ -150,7 +150,7 @@ QA = W.qa_pairs(W.make_world())
 
 
 def test_qa_split_is_by_person_and_sized():
-    config = N.StudyConfig()
+    config = N.NoiseStudyConfig()
     split = N.qa_study_data(QA, config, seed=0)
     assert (len(split.train), len(split.val), len(split.test)) == (config.n_train, config.n_val, config.n_test)
     people = [{r["person"] for r in part} for part in (split.train, split.val, split.test)]
@@ -158,11 +158,11 @@ def test_qa_split_is_by_person_and_sized():
     assert all(r["split"] == "seen" for r in split.train + split.val + split.test)
     assert N.qa_study_data(QA, config, seed=1).test != split.test
     with pytest.raises(N.NoiseError, match="asked for"):
-        N.qa_study_data(QA, N.StudyConfig(n_train=5000), seed=0)
+        N.qa_study_data(QA, N.NoiseStudyConfig(n_train=5000), seed=0)
 
 
 def test_qa_noise_touches_the_answer_for_labels_and_the_question_otherwise():
-    rows = N.qa_study_data(QA, N.StudyConfig(), seed=0).train
+    rows = N.qa_study_data(QA, N.NoiseStudyConfig(), seed=0).train
     noisy, record = N.inject_qa(rows, "label", 0.4, seed=1)
     assert len(record.changes) == 128 and all(noisy[i]["question"] == rows[i]["question"] for i in range(len(rows)))
     for kind in ("grammar", "typo"):
@@ -188,7 +188,7 @@ def test_short_answers_and_scores():
 
 
 def test_trivial_baseline_answers_the_common_value():
-    split = N.qa_study_data(QA, N.StudyConfig(), seed=0)
+    split = N.qa_study_data(QA, N.NoiseStudyConfig(), seed=0)
     base = N.trivial_baseline(split.train, split.test)
     assert base["em"] == base["f1"] and 0.0 < base["em"] < 0.3  # 12 values per attribute: about 1 in 12
 

@@ -39,7 +39,7 @@ from course_utils import world as W
 from course_utils import zoo
 from course_utils.config import CourseConfig, Limit
 from course_utils.errors import CourseError
-from course_utils.forgetting import fast_fact_recall
+from course_utils.evaluate import fast_fact_recall
 from course_utils.peft_methods import apply_lora
 from course_utils.profiles import setup
 from course_utils.train import causal_collator, run_dir, tokenize_texts
