@@ -36,7 +36,6 @@ from course_utils.errors import CourseError
 from course_utils.evaluate import knowledge_probe
 from course_utils.peft_methods import apply_lora
 from course_utils.profiles import dry_run
-from course_utils.text import encode, model_device, pad_batch, pad_id
 from course_utils.train import ForgettingMonitor, causal_lm_trainer, rehearsal_set, tokenize_texts
 from course_utils.train import mix_rehearsal, rehearsal_count  # noqa: F401  (lesson 02 calls them as F.*)
 from course_utils.world import World, heldout_bios, replay_texts, sample_world

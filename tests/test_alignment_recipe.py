@@ -38,3 +38,13 @@ def test_preference_rate_is_chosen_on_validation_requests(rows):
     assert A.choose_pref_rate(fake) == 1e-3  # net of over-refusal, lower rate on a tie
     with pytest.raises(A.AlignmentError, match="validation_split"):
         A.validation_split(train, share=1.5)
+
+
+def test_the_sweep_entry_point_asks_for_its_one_command(monkeypatch, capsys):
+    """`python -m course_utils.alignment` (alignment.__main__) runs the sweep only when asked, and prints its rows."""
+    from course_utils.alignment import __main__ as entry
+
+    assert entry.main([]) == 2 and "usage" in capsys.readouterr().out
+    monkeypatch.setattr(entry, "setup", lambda: None)
+    monkeypatch.setattr(entry, "run_pref_sweep", lambda: [{"rate": 1e-3, "refusal": 0.9}])
+    assert entry.main(["sweep"]) == 0 and "'rate': 0.001" in capsys.readouterr().out

@@ -162,15 +162,19 @@ def test_subpackage_files_take_their_package_tier(tmp_path, monkeypatch):
 # Tools whose tests sit in a file named for what they check rather than for the tool.
 TESTED_IN = {"tools.api_contract": "test_api_drift.py", "tools.runner": "test_runner_robust.py",
              "tools.build": "test_integrity.py", "tools.coursemap": "test_report.py",
-             "tools.fork": "test_notebooks_conventions.py"}
+             "tools.fork": "test_notebooks_conventions.py", "tools.sourcelinks": "test_source.py",
+             "alignment.__main__": "test_alignment_recipe.py"}
 
 
 def own_test_file(name: str) -> Path | None:
-    """tests/test_<module>.py: for a subpackage's file the package's own name will do (test_alignment.py), for a tool
+    """tests/test_<module>.py: for a subpackage's file its own (test_alignment_judge.py) or the package's, for a tool
     its name without `tools.`, or the file `TESTED_IN` names."""
     tests = PACKAGE.parent / "tests"
-    candidates = [TESTED_IN.get(name), f"test_{name.split('.')[-1]}.py", f"test_{home(name).removeprefix('tools.')}.py"]
-    return next((tests / c for c in candidates if c and (tests / c).is_file()), None)
+    candidates = [TESTED_IN.get(name), f"test_{name.split('.')[-1]}.py", f"test_{name.replace('.', '_')}.py",
+                  f"test_{home(name).removeprefix('tools.')}.py"]
+    found = next((tests / c for c in candidates if c and (tests / c).is_file()), None)
+    by_role = sorted(tests.glob(f"test_{name}_*.py"))  # a subpackage tested file by file (test_alignment_judge.py)
+    return found or (by_role[0] if by_role else None)
 
 
 @pytest.mark.parametrize("name", module_names())
