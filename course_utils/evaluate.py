@@ -6,7 +6,7 @@ into what a fine-tuning run learned and kept (lessons 02 and 09, and `course lau
 Everything runs under `torch.no_grad()`, in batches, deterministically (greedy decoding unless a temperature asks for
 sampling under a seed), so a number in a notebook is the same every time the notebook runs on the same machine.
 
-Used in lessons: 00, 01, 04
+Used in lessons: 00, 01, 02, 04, 09
 """
 
 from __future__ import annotations

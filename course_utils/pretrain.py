@@ -4,7 +4,7 @@ The shipped models were trained here with the ordinary `Trainer` until they reca
 people; lesson 00 shows the resulting recall curve (`build_info.json`, drawn by `plot_build_history`). A learner
 rarely calls `pretrain` directly: it takes minutes per model on two cores, which is why the results are shipped.
 
-Used in lessons: none (used by other modules and tools)
+Used in lessons: 00
 """
 
 from __future__ import annotations
