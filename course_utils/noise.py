@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 from course_utils import layers, zoo
 from course_utils.claims import rehearsal
-from course_utils.config import CourseConfig, training_args
+from course_utils.config import CourseConfig
 from course_utils.errors import CourseError, check_rate, check_rows
 from course_utils.evaluate import generate
 from course_utils.train import causal_collator, tokenize_prompt_completion, with_finite_guard
@@ -539,6 +539,14 @@ def _quiet():
 @dataclass
 class NoisyRun:
     """One fine-tuning run of the study: its result row, training-loss curve, the tuned model and tokenizer."""
+def qa_training_arguments(config: StudyConfig, data_seed: int):
+    """`config`'s `TrainingArguments` for one run: its steps, batch and learning rate (the config's own fields), a
+    short warm-up (a quarter of the steps, at most 5), the loss logged every `log_every` steps, and this run's
+    data order and initialisation drawn with `data_seed`."""
+    return config.training_arguments(warmup_steps=min(5, config.steps // 4), logging_steps=config.log_every,
+                                     seed=data_seed, data_seed=data_seed)
+
+
 
     row: dict[str, Any]
     curve: list[dict[str, Any]]
@@ -566,10 +574,7 @@ def train_qa(family: str, rows: Sequence[dict[str, Any]], data_seed: int, config
         model, tok = load_base(family)
     data = tokenize_prompt_completion(tok, [QA_FORMAT.format(question=r["question"]) for r in rows],
                                       [" " + r["answer"] for r in rows], config.max_length)
-    args = training_args(max_steps=config.steps, per_device_train_batch_size=config.batch_size,
-                         learning_rate=config.learning_rate, warmup_steps=min(5, config.steps // 4),
-                         logging_strategy="steps", logging_steps=config.log_every, seed=data_seed,
-                         data_seed=data_seed)
+    args = qa_training_arguments(config, data_seed)
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=causal_collator(tok),
                       callbacks=with_finite_guard())
     with _quiet():  # the Trainer prints a metrics line per run; a hundred runs would bury the notebook's tables

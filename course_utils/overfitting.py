@@ -24,7 +24,7 @@ import torch
 from transformers import TrainerCallback
 
 from course_utils import zoo
-from course_utils.config import CourseConfig, training_args
+from course_utils.config import CourseConfig
 from course_utils.errors import CourseError, check_rate
 from course_utils.evaluate import generate
 from course_utils.peft_methods import apply_lora
@@ -303,8 +303,9 @@ def early_stopping_trace(val_losses: Sequence[float], patience: int, threshold: 
         raise OverfitError(f"early_stopping_trace: patience must be >= 1, got {patience}")
     if len(val_losses) == 0:
         raise OverfitError("early_stopping_trace: no validation losses given")
-    args = training_args(eval_strategy="epoch", save_strategy="best", load_best_model_at_end=True,
-                         metric_for_best_model="eval_loss", greater_is_better=False)
+    # nothing trains here: the course defaults (the bare config base) plus the switches the callback reads
+    args = CourseConfig().training_arguments(eval_strategy="epoch", save_strategy="best", load_best_model_at_end=True,
+                                             metric_for_best_model="eval_loss", greater_is_better=False)
     callback = EarlyStoppingCallback(early_stopping_patience=patience, early_stopping_threshold=threshold)
     state, control = TrainerState(), TrainerControl()
     kept, stopped_at = None, None
