@@ -6,12 +6,14 @@ they will use on real models. This module only fixes the defaults that matter fo
 
 from __future__ import annotations
 
+import io
 import math
 import numbers
 import random
+from contextlib import contextmanager, redirect_stdout
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from transformers import TrainerCallback
 
@@ -293,3 +295,20 @@ def causal_lm_trainer(model, tokenizer, texts: Sequence[str], args, callbacks: S
         eval_dataset=tokenize_texts(tokenizer, list(eval_texts), max_length) if eval_texts else None,
         data_collator=causal_collator(tokenizer), callbacks=with_finite_guard(callbacks), **trainer_kwargs)
     return quiet(trainer)
+
+
+@contextmanager
+def quiet_output() -> Iterator[None]:
+    """Silence stdout and the hub's progress bars (`from_pretrained`'s weight loading) inside the block: for a
+    study that loads and trains many models, whose printed lines would bury the lesson's tables. `quiet` is the
+    narrower switch for one trainer's printed logs."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
