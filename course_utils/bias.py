@@ -40,7 +40,7 @@ from course_utils.classify import (ClassifierConfig, load_classifier, out_of_fol
                                    tokenize_labelled, train_classifier)
 from course_utils.data import DataError
 from course_utils.errors import check_rate, check_rows
-from course_utils.profiles import env_choice
+from course_utils.profiles import env_choice, seed_everything
 from course_utils.text import encode, model_device, pad_batch
 from course_utils.train import quiet, with_finite_guard
 
@@ -279,7 +279,7 @@ def train_and_measure(train_rows: Sequence[dict[str, Any]], probe: BiasProbe, va
     if leaked:
         raise BiasError(f"train_and_measure: held-out value {leaked[0]!r} occurs in the training rows")
     config = config or ClassifierConfig(seed=seed, max_length=32)
-    torch.manual_seed(seed)
+    seed_everything(seed)   # the run starts here: the new classification head's weights come from `seed`
     model, tok = load_classifier(family)
     if adversary_weight is None:
         fit_classifier(model, tok, train_rows, config, steps)

@@ -20,9 +20,9 @@ from typing import Any, Mapping, Sequence
 
 from transformers import EarlyStoppingCallback
 
-from course_utils.config import training_args
+from course_utils.config import CourseConfig, Limit
 from course_utils.errors import CourseError
-from course_utils.gpu import BYTES_PER_PARAM
+from course_utils.gpu import fits, fitting_method, needed_gb
 from course_utils.peft_methods import apply_lora
 from course_utils.profiles import dry_run
 from course_utils.paths import REFERENCE_RESULTS_DIR
@@ -258,28 +258,16 @@ class TaskSpec:
             raise CapstoneError(f"TaskSpec.n_examples must be >= 1, got {self.n_examples}")
 
 
+RECIPE_METHODS = ("full", "lora", "qlora")   # what `choose_recipe` can pick (qlora: LoRA over a 4-bit base)
+
+
 @dataclass
 class Recipe:
-    method: str                       # "full", "lora" or "qlora" (LoRA over a 4-bit base)
+    method: str                       # one of RECIPE_METHODS
     rehearsal_ratio: float = 0.0      # share of old data mixed in (0 = none)
     early_stopping: bool = False
     dpo_afterwards: bool = False
     reasons: list[str] = field(default_factory=list)
-
-
-
-
-def training_memory_gb(params: float, method: str, lora_state_ratio: float = 0.05) -> float:
-    """Memory for weights and optimizer state, without activations (they grow with batch and sequence length).
-
-    Full FT with AdamW needs about 16 bytes per parameter. LoRA keeps the frozen weights in bf16 (2 bytes) and
-    needs state only for its adapter: `lora_state_ratio` of full FT's, as measured in lesson 01.
-    """
-    if method == "full":
-        return params * BYTES_PER_PARAM["full"] / 1e9
-    if method == "lora":
-        return params * (BYTES_PER_PARAM["lora"] + BYTES_PER_PARAM["full"] * lora_state_ratio) / 1e9
-    raise CapstoneError(f"training_memory_gb: method must be 'full' or 'lora', got {method!r}")
 
 
 def choose_recipe(resources: Resources, task: TaskSpec, records: Mapping[str, Mapping[str, Any]],
@@ -291,8 +279,8 @@ def choose_recipe(resources: Resources, task: TaskSpec, records: Mapping[str, Ma
     ratio = lora_state / full_state if full_state and not math.isnan(full_state) else 0.05
     naive_new = Metric(L02, "final_new_recall", {"method": "naive"}).read(records)
     lora_new = Metric(L02, "final_new_recall", {"method": "lora"}).read(records)
-    full_gb = training_memory_gb(resources.model_params, "full")
-    fits_full = full_gb <= 0.6 * resources.memory_gb  # leave room for activations
+    full_gb = needed_gb(resources.model_params, "full")
+    fits_full = fits(full_gb, resources.memory_gb)  # gpu's rule: leave room for activations
     reasons.append(f"full FT needs about {full_gb:.3g} GB for weights and optimizer (16 bytes/parameter) of "
                    f"{resources.memory_gb:g} GB; LoRA's optimizer state was {ratio:.1%} of full FT's in lesson 01")
     if task.goal == "new_facts" and fits_full:
@@ -308,16 +296,16 @@ def choose_recipe(resources: Resources, task: TaskSpec, records: Mapping[str, Ma
         reasons.append(f"{task.goal}: LoRA needs far less memory; its answer perplexity was {lora_ppl:.3g} against "
                        f"{full_ppl:.3g} for full FT at equal steps (lesson 01, Llama, mean over the seeds)")
     if method == "lora":
-        lora_gb = training_memory_gb(resources.model_params, "lora", ratio)
+        lora_gb = needed_gb(resources.model_params, "lora", ratio)
         if not fits_full:
             reasons.append(f"full FT does not fit; LoRA needs about {lora_gb:.3g} GB of "
                            f"{resources.memory_gb:g} GB")
-        if lora_gb > 0.6 * resources.memory_gb:
-            qlora_gb = resources.model_params * BYTES_PER_PARAM["qlora"] / 1e9
-            if qlora_gb > 0.6 * resources.memory_gb:
+        method = fitting_method(resources.model_params, resources.memory_gb, "lora", ratio)  # LoRA, else QLoRA
+        if method != "lora":
+            qlora_gb = needed_gb(resources.model_params, "qlora")
+            if method is None:
                 raise CapstoneError(f"no method fits: even a 4-bit base (QLoRA) needs about {qlora_gb:.3g} GB of "
                                     f"{resources.memory_gb:g} GB; use a smaller model or more memory")
-            method = "qlora"
             reasons.append(f"LoRA over a 16-bit base needs about {lora_gb:.3g} GB, more than fits: QLoRA (a 4-bit "
                            f"base) needs about {qlora_gb:.3g} GB")
     rehearsal = 0.0
@@ -348,38 +336,76 @@ def choose_recipe(resources: Resources, task: TaskSpec, records: Mapping[str, Ma
     return Recipe(method, rehearsal, early, task.needs_safety, reasons)
 
 
+@dataclass
+class RecipeConfig(CourseConfig):
+    """How `run_recipe` trains: `steps` of `batch_size` at `learning_rate` (constant after `warmup_steps`), new- and
+    old-fact recall measured every `eval_every` steps, early stopping (when the recipe asks for it) after
+    `patience` evaluations without a lower validation loss; `seed` fixes the rehearsal mix and the data order."""
+
+    LIMITS = {"patience": Limit(1, 10**4)}
+    error = CapstoneError
+
+    steps: int = 120
+    learning_rate: float = 3e-3
+    batch_size: int = 8
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    eval_every: int = 10
+    patience: int = 2
+    seed: int = 0
+
+
+def early_stopping_arguments(config: RecipeConfig) -> dict[str, Any]:
+    """The `TrainingArguments` keywords early stopping needs: evaluate and save every `eval_every` steps and load
+    the checkpoint with the lowest validation loss at the end (enough checkpoints kept for `patience`)."""
+    return dict(eval_strategy="steps", eval_steps=config.eval_every, save_strategy="steps",
+                save_steps=config.eval_every, load_best_model_at_end=True, metric_for_best_model="eval_loss",
+                greater_is_better=False, save_total_limit=config.patience + 2)
+
+
+def recipe_model(recipe: Recipe, base_model):
+    """The model `recipe` trains: a copy of `base_model`, whole for full fine-tuning, with a LoRA adapter for LoRA.
+
+    A QLoRA recipe is refused: it needs the base loaded in 4 bits on a GPU (`gpu.plan(...).from_pretrained_kwargs()`),
+    and training this 16-bit copy instead would silently change what the recipe measures."""
+    if recipe.method not in RECIPE_METHODS:
+        raise CapstoneError(f"run_recipe: unknown method {recipe.method!r}; a recipe picks one of {RECIPE_METHODS}")
+    if recipe.method == "qlora":
+        raise CapstoneError("run_recipe: a QLoRA recipe needs the base loaded in 4 bits on a GPU "
+                            "(gpu.plan(...).from_pretrained_kwargs() with bitsandbytes); run_recipe trains a copy of "
+                            "the model it is given, so load that and train it with peft_methods.apply_lora, or use 'lora'")
+    model = copy.deepcopy(base_model)
+    return apply_lora(model) if recipe.method == "lora" else model
+
+
 def run_recipe(recipe: Recipe, base_model, tokenizer, new_texts: Sequence[str], val_texts: Sequence[str],
-               old_texts: Sequence[str], measure, steps: int = 120, learning_rate: float = 3e-3,
-               batch_size: int = 8, eval_every: int = 10, patience: int = 2, seed: int = 0):
+               old_texts: Sequence[str], measure, config: RecipeConfig = RecipeConfig()):
     """Train a copy of `base_model` as `recipe` says, with forgetting monitored; return (model, history, trainer).
 
+    - method: full fine-tuning or LoRA (`recipe_model`; a QLoRA recipe is refused with the reason);
     - rehearsal: `old_texts` mixed into `new_texts` at `recipe.rehearsal_ratio` (`train.rehearsal_set`);
     - LoRA: an adapter on the attention matrices (`peft_methods.apply_lora`);
     - early stopping: `EarlyStoppingCallback` on the loss over `val_texts` (the new facts in a phrasing the
       training set does not use), keeping the best checkpoint (`load_best_model_at_end`);
-    - forgetting: `train.ForgettingMonitor` calls `measure(model)` (old and new recall) every `eval_every` steps.
+    - forgetting: `train.ForgettingMonitor` calls `measure(model)` (old and new recall) every `config.eval_every`
+      steps. The training settings are `config`'s (`RecipeConfig`).
     """
     if not new_texts:
         raise CapstoneError("run_recipe: no training texts")
     if recipe.early_stopping and not val_texts:
         raise CapstoneError("run_recipe: early stopping needs validation texts")
-    model = copy.deepcopy(base_model)
-    if recipe.method == "lora":
-        model = apply_lora(model)
+    model = recipe_model(recipe, base_model)
     texts = list(new_texts)
     if recipe.rehearsal_ratio > 0:
-        texts = rehearsal_set(texts, old_texts, recipe.rehearsal_ratio, seed, steps, batch_size)
-    monitor = ForgettingMonitor(measure, eval_every, {"method": recipe.method})
+        texts = rehearsal_set(texts, old_texts, recipe.rehearsal_ratio, config.seed, config.steps, config.batch_size)
+    monitor = ForgettingMonitor(measure, config.eval_every, {"method": recipe.method})
     extra: dict[str, Any] = {}
     callbacks: list[Any] = [monitor]
     if recipe.early_stopping:
-        extra = dict(eval_strategy="steps", eval_steps=eval_every, save_strategy="steps", save_steps=eval_every,
-                     load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
-                     save_total_limit=patience + 2)
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=patience))
-    args = training_args(output_dir=tempfile.mkdtemp(prefix="course-capstone-"), max_steps=steps,
-                         learning_rate=learning_rate, per_device_train_batch_size=batch_size, seed=seed,
-                         data_seed=seed, warmup_steps=10, logging_steps=steps, weight_decay=0.0, **extra)
+        extra = early_stopping_arguments(config)
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.patience))
+    args = config.training_arguments(output_dir=tempfile.mkdtemp(prefix="course-capstone-"),
+                                     logging_steps=config.steps, **extra)
     trainer = causal_lm_trainer(model, tokenizer, texts, args, callbacks,
                                 eval_texts=val_texts if recipe.early_stopping else None)
     trainer.train()

@@ -43,7 +43,7 @@ from course_utils.config import CourseConfig
 from course_utils.errors import CourseError, check_rate
 from course_utils.evaluate import continuation_logprobs, generate
 from course_utils.peft_methods import PEFT_METHODS, adapter_state_dict, apply_method
-from course_utils.profiles import choose_profile
+from course_utils.profiles import choose_profile, seed_everything
 from course_utils.text import model_device
 from course_utils.train import causal_collator, quiet, tokenize_prompt_completion, with_finite_guard
 from course_utils.world import qa_pairs
@@ -57,7 +57,6 @@ LIBRARY_CALLS = {
     "safetensors.torch:save_file": ["tensors", "filename"],
     "transformers:TrainerCallback.on_step_begin": ["args", "state", "control"],
     "transformers:TrainerCallback.on_step_end": ["args", "state", "control"],
-    "transformers:set_seed": ["seed"],
 }
 
 MB = 2 ** 20
@@ -484,12 +483,6 @@ class CostConfig(CourseConfig):
                                        logging_steps=10 ** 6, **overrides)
 
 
-def _train_quietly(trainer) -> None:
-    """Train without the Trainer printing its final metrics dict (the table shows what matters)."""
-    quiet(trainer)
-    trainer.train()
-
-
 def _measured(family, method, seed, model, tok, task, budget, trainer_class, rows, seconds, **trainer_kwargs):
     """Memory of one step (batches of 16 and 1, before training), then training with an `EqualBudget`."""
     memory = peak_step_memory(model, example_batch(tok, task.train))
@@ -498,7 +491,7 @@ def _measured(family, method, seed, model, tok, task, budget, trainer_class, row
     lr_key = "student" if method.startswith("student") else method
     trainer = trainer_class(model=model, args=budget.args(lr_key), train_dataset=qa_dataset(tok, rows),
                             data_collator=causal_collator(tok), callbacks=with_finite_guard([clock]), **trainer_kwargs)
-    _train_quietly(trainer)
+    quiet(trainer).train()   # no printed metrics dict: the table shows what matters
     return cost_row(family, method, seed, model, memory, memory_one, clock)
 
 
@@ -509,9 +502,9 @@ def run_method(family: str, method: str, task: QATask, budget: CostConfig, train
     counts as equal time (full fine-tuning's `steps` steps); None scores equal time at `budget.steps`.
 
     Returns (row, trained model)."""
-    from transformers import Trainer, set_seed
+    from transformers import Trainer
 
-    set_seed(budget.seed)   # adapter initialisation draws from the global generator
+    seed_everything(budget.seed)   # the run starts here; adapter initialisation draws from the global generator
     model, tok = zoo.load(family)
     model = apply_method(model, method, **method_kwargs)
     row = _measured(family, method, budget.seed, model, tok, task, budget, Trainer, train_rows or task.train,
@@ -523,9 +516,7 @@ def run_student(family: str, teacher, task: QATask, budget: CostConfig, train_ro
                 temperature: float = 2.0, name: str | None = None):
     """Distil `teacher` into a half-depth copy of the `family` base model (`distill.shrink_model`), trained on
     `train_rows`: `alpha=0` is hard labels only, `alpha>0` mixes in the teacher's soft targets."""
-    from transformers import set_seed
-
-    set_seed(budget.seed)
+    seed_everything(budget.seed)   # the run starts here
     base, tok = zoo.load(family)
     student = shrink_model(base)
     method = name or ("student: soft targets" if alpha > 0 else "student: hard labels")
@@ -576,14 +567,13 @@ def step_time_comparison(world, seeds, family: str = "llama", methods=("full", "
     (that seed's split), timed in turns on one CPU thread (`paired_step_seconds`). Fresh models: a step's time does
     not depend on what the weights have learned. One row per (seed, method)."""
     import pandas as pd
-    from transformers import set_seed
 
     rows = []
     for seed in seeds:
         task = qa_task(world, seed=seed)
         models = {}
         for method in methods:
-            set_seed(seed)
+            seed_everything(seed)
             model, tok = zoo.load(family)
             models[method] = apply_method(model, method)
         seconds = paired_step_seconds(models, example_batch(tok, task.train), rounds=rounds, threads=threads)

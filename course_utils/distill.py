@@ -24,6 +24,7 @@ from transformers import Trainer
 from course_utils import zoo
 from course_utils.errors import CourseError
 from course_utils.peft_methods import transformer_blocks
+from course_utils.profiles import seed_torch
 from course_utils.zoo import TinySpec
 
 
@@ -129,7 +130,7 @@ def student_model(family: str, tokenizer, spec=None, seed: int = 0, model_class=
     config = zoo.tiny_config(family, tokenizer, spec)
     for key, value in config_overrides.items():
         setattr(config, key, value)
-    torch.manual_seed(seed)
+    seed_torch(seed)
     return (model_class or AutoModelForCausalLM).from_config(config)
 
 

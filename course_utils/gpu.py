@@ -58,10 +58,33 @@ class GpuPlan:
         return kwargs
 
 
-def needed_gb(params: float, method: str) -> float:
+# the methods to try, in order, when the asked one does not fit: each next one keeps less in memory
+FALLBACKS = {"full": ("full", "lora", "qlora"), "lora": ("lora", "qlora"), "qlora": ("qlora",)}
+
+
+def needed_gb(params: float, method: str, lora_state_ratio: float = 0.0) -> float:
+    """GB for the weights (and optimizer state) of `method` on a model of `params` parameters, before activations.
+
+    LoRA's adapter has optimizer state too: `lora_state_ratio` of full fine-tuning's (lesson 01 measures it; 0
+    counts the frozen 16-bit base alone)."""
     if method not in BYTES_PER_PARAM:
         raise GpuPlanError(f"method must be one of {sorted(BYTES_PER_PARAM)}, got {method!r}")
+    if method == "lora":
+        return params * (BYTES_PER_PARAM["lora"] + BYTES_PER_PARAM["full"] * lora_state_ratio) / 1e9
     return params * BYTES_PER_PARAM[method] / 1e9
+
+
+def fits(gb: float, memory_gb: float) -> bool:
+    """The one memory rule: weights and optimizer state may take `HEADROOM` of the memory, the rest is left for
+    activations and the CUDA context."""
+    return gb <= HEADROOM * memory_gb
+
+
+def fitting_method(params: float, memory_gb: float, method: str = "full", lora_state_ratio: float = 0.0) -> str | None:
+    """The first of `method` and its fallbacks (full -> LoRA -> QLoRA) that `fits` `memory_gb`; None if none does."""
+    if method not in FALLBACKS:
+        raise GpuPlanError(f"method must be 'full', 'lora' or 'qlora', got {method!r}")
+    return next((m for m in FALLBACKS[method] if fits(needed_gb(params, m, lora_state_ratio), memory_gb)), None)
 
 
 def plan(family: str, gpu_memory_gb: float, method: str = "full", bf16_supported: bool = True,
@@ -77,16 +100,12 @@ def plan(family: str, gpu_memory_gb: float, method: str = "full", bf16_supported
         raise GpuPlanError(f"gpu_memory_gb must be > 0, got {gpu_memory_gb!r}")
     params = params or HUB_PARAMS[family]
     half = "bfloat16" if bf16_supported else "float16"
-    order = {"full": ["full", "lora", "qlora"], "lora": ["lora", "qlora"], "qlora": ["qlora"]}
-    if method not in order:
-        raise GpuPlanError(f"method must be 'full', 'lora' or 'qlora', got {method!r}")
-    for m in order[method]:
-        gb = needed_gb(params, m)
-        if gb <= HEADROOM * gpu_memory_gb:
-            dtype = "float32" if m == "full" else half
-            return GpuPlan(family, m, dtype, round(gb, 2), "bf16" if bf16_supported else "fp16")
-    raise GpuPlanError(f"{family} ({params / 1e9:.2g} B parameters) does not fit {gpu_memory_gb:g} GB even with "
-                       f"4-bit LoRA (needs ~{needed_gb(params, 'qlora'):.1f} GB before activations)")
+    chosen = fitting_method(params, gpu_memory_gb, method)
+    if chosen is None:
+        raise GpuPlanError(f"{family} ({params / 1e9:.2g} B parameters) does not fit {gpu_memory_gb:g} GB even with "
+                           f"4-bit LoRA (needs ~{needed_gb(params, 'qlora'):.1f} GB before activations)")
+    dtype = "float32" if chosen == "full" else half
+    return GpuPlan(family, chosen, dtype, round(needed_gb(params, chosen), 2), "bf16" if bf16_supported else "fp16")
 
 
 def current_plan(family: str, method: str = "full") -> GpuPlan:

@@ -21,20 +21,18 @@ Used in lessons: 04
 from __future__ import annotations
 
 import gc
-import io
 import math
 import random
 import re
-from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from course_utils import layers, zoo
-from course_utils.config import CourseConfig, training_args
+from course_utils.config import CourseConfig
 from course_utils.errors import CourseError, check_rate, check_rows
 from course_utils.evaluate import generate
-from course_utils.profiles import dry_run
-from course_utils.train import causal_collator, tokenize_prompt_completion, with_finite_guard
+from course_utils.profiles import dry_run, seed_everything
+from course_utils.train import causal_collator, quiet_output, tokenize_prompt_completion, with_finite_guard
 from course_utils.world import ATTRIBUTES
 
 
@@ -44,7 +42,6 @@ LIBRARY_CALLS = {
     "transformers:Trainer.__init__": ["model", "args", "train_dataset", "data_collator", "callbacks"],
     "transformers:TrainingArguments": ["max_steps", "per_device_train_batch_size", "learning_rate", "warmup_steps",
                                        "logging_strategy", "logging_steps", "seed", "data_seed"],
-    "transformers:set_seed": ["seed"],
 }
 
 
@@ -525,21 +522,6 @@ def trivial_baseline(train_rows: Sequence[dict[str, Any]], test_rows: Sequence[d
 
 # ---- training ----
 
-@contextmanager
-def _quiet():
-    """Silence stdout and the weight-loading progress bar of `from_pretrained` for the duration of a run."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        with redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
 @dataclass
 class NoisyRun:
     """One fine-tuning run of the study: its result row, training-loss curve, the tuned model and tokenizer."""
@@ -560,24 +542,29 @@ def load_base(family: str):
     return zoo.load_variant(base, variant) if variant else zoo.load(family)
 
 
+def qa_training_arguments(config: NoiseStudyConfig, data_seed: int):
+    """`config`'s `TrainingArguments` for one run: its steps, batch and learning rate (the config's own fields), a
+    short warm-up (a quarter of the steps, at most 5), the loss logged every `log_every` steps, and this run's
+    data order and initialisation drawn with `data_seed`."""
+    return config.training_arguments(warmup_steps=min(5, config.steps // 4), logging_steps=config.log_every,
+                                     seed=data_seed, data_seed=data_seed)
+
+
 def train_qa(family: str, rows: Sequence[dict[str, Any]], data_seed: int,
              config: NoiseStudyConfig = NoiseStudyConfig()):
     """Fine-tune `family`'s base model on Q/A rows (loss on the answer only) for `config.steps` steps; the data
     order is drawn with `data_seed`. Returns (model, tokenizer, training-loss curve)."""
-    from transformers import Trainer, set_seed
+    from transformers import Trainer
 
-    set_seed(data_seed)
-    with _quiet():
+    seed_everything(data_seed)   # the run starts here
+    with quiet_output():
         model, tok = load_base(family)
     data = tokenize_prompt_completion(tok, [QA_FORMAT.format(question=r["question"]) for r in rows],
                                       [" " + r["answer"] for r in rows], config.max_length)
-    args = training_args(max_steps=config.steps, per_device_train_batch_size=config.batch_size,
-                         learning_rate=config.learning_rate, warmup_steps=min(5, config.steps // 4),
-                         logging_strategy="steps", logging_steps=config.log_every, seed=data_seed,
-                         data_seed=data_seed)
+    args = qa_training_arguments(config, data_seed)
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=causal_collator(tok),
                       callbacks=with_finite_guard())
-    with _quiet():  # the Trainer prints a metrics line per run; a hundred runs would bury the notebook's tables
+    with quiet_output():  # the Trainer prints a metrics line per run; a hundred runs would bury the notebook's tables
         trainer.train()
     curve = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
     return model, tok, curve

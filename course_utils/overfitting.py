@@ -26,10 +26,11 @@ import torch
 from transformers import TrainerCallback
 
 from course_utils import zoo
-from course_utils.config import CourseConfig, training_args
+from course_utils.config import CourseConfig
 from course_utils.errors import CourseError, check_rate
 from course_utils.evaluate import generate
 from course_utils.peft_methods import apply_lora
+from course_utils.profiles import seed_everything
 from course_utils.train import causal_collator, quiet, tokenize_prompt_completion, with_finite_guard
 from course_utils.world import biography
 from course_utils.zoo import check_family
@@ -42,7 +43,6 @@ LIBRARY_CALLS = {
                                        "load_best_model_at_end", "metric_for_best_model", "greater_is_better",
                                        "save_total_limit", "per_device_eval_batch_size", "weight_decay"],
     "transformers:TrainerState": ["best_metric"],
-    "transformers:set_seed": ["seed"],
     "transformers:TrainerControl": [],
     "transformers:Trainer.__init__": ["model", "args", "train_dataset", "eval_dataset", "data_collator",
                                       "callbacks"],
@@ -224,9 +224,9 @@ def train_setting(setting: Setting, family: str, train_dataset, val_dataset, dat
     epoch (both measured in eval mode on the whole set, so dropout does not inflate the training loss).
 
     `num_labels` switches to a sequence-classification head (LoRA then also trains that new head)."""
-    from transformers import AutoModelForSequenceClassification, EarlyStoppingCallback, Trainer, set_seed
+    from transformers import AutoModelForSequenceClassification, EarlyStoppingCallback, Trainer
 
-    set_seed(config.seed)   # the same initial head and adapter weights for every setting
+    seed_everything(config.seed)   # the run starts here: the same initial head and adapter weights for every setting
     overrides = dropout_overrides(family, setting.dropout)
     if num_labels:
         model, tok = zoo.load(family, model_class=AutoModelForSequenceClassification, num_labels=num_labels,
@@ -305,8 +305,9 @@ def early_stopping_trace(val_losses: Sequence[float], patience: int, threshold: 
         raise OverfitError(f"early_stopping_trace: patience must be >= 1, got {patience}")
     if len(val_losses) == 0:
         raise OverfitError("early_stopping_trace: no validation losses given")
-    args = training_args(eval_strategy="epoch", save_strategy="best", load_best_model_at_end=True,
-                         metric_for_best_model="eval_loss", greater_is_better=False)
+    # nothing trains here: the course defaults (the bare config base) plus the switches the callback reads
+    args = CourseConfig().training_arguments(eval_strategy="epoch", save_strategy="best", load_best_model_at_end=True,
+                                             metric_for_best_model="eval_loss", greater_is_better=False)
     callback = EarlyStoppingCallback(early_stopping_patience=patience, early_stopping_threshold=threshold)
     state, control = TrainerState(), TrainerControl()
     kept, stopped_at = None, None

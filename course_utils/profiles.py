@@ -315,6 +315,17 @@ def seeded(seed: int):
             os.environ["PYTHONHASHSEED"] = states[4]
 
 
+def seed_torch(seed: int) -> None:
+    """Seed torch's generator alone (CPU and CUDA), for a model's initial weights.
+
+    Building a model draws its random weights from torch's generator; this fixes them without moving Python's or
+    NumPy's generators, which a run already seeded by `seed_everything` goes on drawing from."""
+    seed = check_seed(seed)
+    import torch
+
+    torch.manual_seed(seed)
+
+
 def set_offline(offline: bool) -> None:
     """In the cpu profile, tell huggingface_hub, transformers and datasets never to reach the network."""
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):

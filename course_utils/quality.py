@@ -25,9 +25,7 @@ Used in lessons: 03
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import random
 import re
 import string
@@ -44,6 +42,8 @@ from course_utils.config import CourseConfig
 from course_utils import world as W
 from course_utils.data import DataError
 from course_utils.errors import check_count, check_rate, check_rows
+from course_utils.profiles import seed_everything
+from course_utils.train import quiet_output
 
 
 LIBRARY_CALLS = {
@@ -720,11 +720,9 @@ def train_and_score(train_rows: Sequence[dict[str, Any]], test_rows: Sequence[di
     if steps < 1:
         raise QualityError(f"train_and_score: steps must be >= 1, got {steps}")
     config = config or ClassifierConfig(seed=seed, max_length=32)
-    import torch
-
-    torch.manual_seed(seed)
+    seed_everything(seed)   # the run starts here: the new classification head's weights come from `seed`
     model, tok = load_classifier(family)
-    with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its end-of-run summary: not for learners
+    with quiet_output():  # the Trainer prints its end-of-run summary: not for learners
         train_classifier(model, tok, train_rows, config, max_steps=steps, logging_strategy="no")
     probs = predict_proba(model, tok, test_rows, max_length=config.max_length)
     labels = np.array([int(r[label_key]) for r in test_rows])

@@ -1,4 +1,4 @@
-"""Training plumbing shared by every lesson: tokenisation, collators and `TrainingArguments` with course defaults.
+"""Training plumbing shared by every lesson: tokenisation, collators, checkpoints to resume from, the Trainer.
 
 Lessons train with the Hugging Face `Trainer` (or `trl` trainers built on it), so what a learner sees here is what
 they will use on real models. This module only fixes the defaults that matter for a small, repeatable, offline run.
@@ -8,16 +8,18 @@ Used in lessons: 02
 
 from __future__ import annotations
 
+import io
 import math
 import numbers
 import random
+from contextlib import contextmanager, redirect_stdout
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from transformers import TrainerCallback
 
-from course_utils.config import TrainingSettingsError, training_args
+from course_utils.config import CourseConfig, TrainingSettingsError
 from course_utils.data import DataError
 from course_utils.errors import CourseError
 from course_utils.paths import RUNS_DIR
@@ -100,9 +102,10 @@ def run_dir(lesson: str, name: str | None = None, root: str | Path | None = None
     return Path(root or RUNS_DIR / "checkpoints") / lesson / name
 
 
-def resumable_training_args(run_folder: str | Path, save_steps: int, save_total_limit: int | None = 2,
-                            **overrides):
-    """`training_args` that save a checkpoint every `save_steps` steps into `run_folder`, so training can resume.
+def resumable_training_args(config: CourseConfig, run_folder: str | Path, save_steps: int,
+                            save_total_limit: int | None = 2, **overrides):
+    """`config`'s `TrainingArguments`, saving a checkpoint every `save_steps` steps into `run_folder`, so
+    training can resume; `overrides` are the run's other `TrainingArguments` keywords.
 
     Each checkpoint (`checkpoint-<step>/`) holds the weights as `model.safetensors` (transformers 5 writes only
     safetensors, so there is no `save_safetensors` switch any more) plus the optimizer, scheduler, RNG states and
@@ -111,8 +114,8 @@ def resumable_training_args(run_folder: str | Path, save_steps: int, save_total_
     """
     if not isinstance(save_steps, int) or isinstance(save_steps, bool) or save_steps < 1:
         raise CourseError(f"resumable_training_args: save_steps must be a positive int, got {save_steps!r}")
-    return training_args(output_dir=str(run_folder), save_strategy="steps", save_steps=save_steps,
-                         save_total_limit=save_total_limit, save_only_model=False, **overrides)
+    return config.training_arguments(output_dir=str(run_folder), save_strategy="steps", save_steps=save_steps,
+                                     save_total_limit=save_total_limit, save_only_model=False, **overrides)
 
 
 def last_checkpoint(run_folder: str | Path) -> str | None:
@@ -311,3 +314,20 @@ def causal_lm_trainer(model, tokenizer, texts: Sequence[str], args, callbacks: S
         eval_dataset=tokenize_texts(tokenizer, eval_texts, max_length) if eval_texts else None,
         data_collator=causal_collator(tokenizer), callbacks=with_finite_guard(callbacks), **trainer_kwargs)
     return quiet(trainer)
+
+
+@contextmanager
+def quiet_output() -> Iterator[None]:
+    """Silence stdout and the hub's progress bars (`from_pretrained`'s weight loading) inside the block: for a
+    study that loads and trains many models, whose printed lines would bury the lesson's tables. `quiet` is the
+    narrower switch for one trainer's printed logs."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from course_utils.errors import CourseError, check_model
 from course_utils.paths import MODELS_DIR
-from course_utils.profiles import choose_profile, place
+from course_utils.profiles import choose_profile, place, seed_torch
 from course_utils.text import ensure_chat_template
 
 
@@ -91,10 +91,9 @@ def tiny_config(family: str, tokenizer, spec: TinySpec = TinySpec()):
 
 def build_model(family: str, tokenizer, spec: TinySpec = TinySpec(), seed: int = 0):
     """A freshly initialised tiny causal LM of `family` (random weights; `pretrain` teaches it the world)."""
-    import torch
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(seed)
+    seed_torch(seed)
     return AutoModelForCausalLM.from_config(tiny_config(family, tokenizer, spec))
 
 

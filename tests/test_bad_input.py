@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from course_utils import bias, classify, costs, data, distill, evaluate, forgetting, layers, noise, overfitting
 from course_utils import peft_methods, profiles, quality, results, tokenizer as course_tokenizer, train, world, zoo
-from course_utils import errors, text
+from course_utils import config, errors, text
 
 from bad_inputs import FAST, expect_clear_error  # noqa: E402  (tests/bad_inputs.py)
 
@@ -317,10 +317,11 @@ def cases(tok, model, small_vocab_model, tmp_path):
         ("freeze too many layers", lambda: peft_methods.freeze_lower_layers(model, 99), "4 layers"),
         ("freeze negative layers", lambda: peft_methods.freeze_lower_layers(model, -1), "n_frozen"),
         ("shrink_model layers", lambda: distill.shrink_model(model, keep_layers=[0, 42]), "keep_layers"),
-        ("resumable save_steps", lambda: train.resumable_training_args(tmp_path, save_steps=-5), "save_steps"),
-        ("training_args unknown keyword", lambda: train.training_args(evaluation_strategy="steps"),
+        ("resumable save_steps", lambda: train.resumable_training_args(config.CourseConfig(), tmp_path, save_steps=-5),
+         "save_steps"),
+        ("training_args unknown keyword", lambda: config.training_args(evaluation_strategy="steps"),
          "evaluation_strategy"),
-        ("training_args learning rate", lambda: train.training_args(learning_rate=-1.0), "learning_rate"),
+        ("training_args learning rate", lambda: config.training_args(learning_rate=-1.0), "learning_rate"),
         ("classifier config epochs", lambda: classify.train_classifier(model, tok, rows,
                                                                        classify.ClassifierConfig(epochs=0)), "epochs"),
         ("classifier config lr", lambda: classify.train_classifier(

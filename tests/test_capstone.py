@@ -88,11 +88,18 @@ def test_scoreboard_and_evidence_read_declared_claims():
     assert set(table["improved?"]) <= {"yes", "no", "not run yet"}
 
 
-def test_memory_rule_of_thumb():
-    assert C.training_memory_gb(1e9, "full") == pytest.approx(16.0)
-    assert C.training_memory_gb(1e9, "lora", 0.02) == pytest.approx(2.32)
-    with pytest.raises(C.CapstoneError):
-        C.training_memory_gb(1e9, "prefix")
+def test_the_recipe_uses_gpus_memory_plan():
+    """One rule: what fits is `gpu.fits` of `gpu.needed_gb`, so the recipe and `gpu.plan` cannot disagree."""
+    from course_utils import gpu
+
+    task = C.TaskSpec(goal="new_facts", n_examples=64)
+    for gb, params in [(16, 0.5e9), (16, 1e9), (16, 7e9), (80, 7e9), (24, 13e9)]:
+        recipe = C.choose_recipe(C.Resources(gpu_gb=gb, model_params=params), task, _records())
+        full_fits = gpu.fits(gpu.needed_gb(params, "full"), gb)
+        assert full_fits == (recipe.method == "full")
+        if not full_fits:
+            ratio = 0.3 / 12.0   # lesson 01's LoRA/full optimizer state in _records()
+            assert recipe.method == gpu.fitting_method(params, gb, "lora", ratio)
 
 
 @pytest.mark.parametrize("kwargs", [dict(gpu_gb=-1), dict(model_params=0), dict(gpu_gb=float("nan"))])
@@ -108,7 +115,7 @@ def test_bad_task():
         C.TaskSpec(n_examples=0)
 
 
-def test_run_recipe_monitors_forgetting():
+def _recipe_setup():
     from course_utils import world as W
     from course_utils.evaluate import knowledge_probe
     from course_utils import zoo
@@ -117,13 +124,52 @@ def test_run_recipe_monitors_forgetting():
     base, tok = zoo.load("gpt2")
     new, old = world.heldout[:2], world.seen[:4]
     texts = [r["text"] for r in W.heldout_bios(world) if r["person"] in {p.name for p in new}]
+    return base, tok, texts, knowledge_probe(tok, old, new)
+
+
+def test_run_recipe_monitors_forgetting():
+    base, tok, texts, measure = _recipe_setup()
     recipe = C.Recipe(method="full", rehearsal_ratio=0.25, early_stopping=True)
-    model, history, trainer = C.run_recipe(recipe, base, tok, texts[:4], texts[4:], texts, knowledge_probe(tok, old, new),
-                                           steps=4, batch_size=2, eval_every=2)
+    model, history, trainer = C.run_recipe(recipe, base, tok, texts[:4], texts[4:], texts, measure,
+                                           C.RecipeConfig(steps=4, batch_size=2, eval_every=2))
     assert [row["step"] for row in history] == [0, 2, 4]
     assert {"new_recall", "old_recall"} <= set(history[0])
     with pytest.raises(C.CapstoneError, match="validation"):
-        C.run_recipe(recipe, base, tok, texts, [], texts, knowledge_probe(tok, old, new))
+        C.run_recipe(recipe, base, tok, texts, [], texts, measure)
+
+
+@pytest.mark.parametrize("method", C.RECIPE_METHODS + ("prefix",))
+def test_run_recipe_runs_or_refuses_every_method(method):
+    """Every method `choose_recipe` can pick is trained as it says (LoRA trains only the adapter) or refused in one
+    line (QLoRA needs a 4-bit base on a GPU); never silently trained as something else."""
+    base, tok, texts, measure = _recipe_setup()
+    recipe = C.Recipe(method=method)
+    if method in ("full", "lora"):
+        model, history, _ = C.run_recipe(recipe, base, tok, texts[:4], [], texts, measure,
+                                         C.RecipeConfig(steps=2, batch_size=2, eval_every=2))
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        assert (trainable == total) == (method == "full") and trainable > 0
+        assert history[-1]["method"] == method
+    else:
+        with pytest.raises(C.CapstoneError, match="qlora|QLoRA|unknown method") as err:
+            C.run_recipe(recipe, base, tok, texts[:4], [], texts, measure)
+        assert "\n" not in str(err.value)
+
+
+def test_recipe_config_gives_the_training_arguments_the_lesson_relies_on():
+    """Lesson 09's settings: max_steps, rate, batch, warm-up 10, no weight decay, the seed for data and init,
+    one log line per run; early stopping adds evaluation and checkpoints every `eval_every` steps."""
+    config = C.RecipeConfig(steps=120, learning_rate=3e-3, eval_every=20, seed=2)
+    args = config.training_arguments(logging_steps=config.steps, **C.early_stopping_arguments(config))
+    assert (args.max_steps, args.learning_rate, args.per_device_train_batch_size, args.warmup_steps,
+            args.weight_decay, args.seed, args.data_seed, args.logging_steps) == (120, 3e-3, 8, 10, 0.0, 2, 2, 120)
+    assert (args.eval_strategy, args.eval_steps, args.save_strategy, args.save_steps, args.save_total_limit) == \
+        ("steps", 20, "steps", 20, 4)
+    assert args.load_best_model_at_end and args.metric_for_best_model == "eval_loss" and not args.greater_is_better
+    assert args.lr_scheduler_type == "constant_with_warmup" and args.report_to == []
+    with pytest.raises(C.CapstoneError, match="RecipeConfig: patience"):
+        C.RecipeConfig(patience=0)
 
 
 def test_lessons_not_run_here_come_from_the_reference_run_and_say_so(tmp_path):

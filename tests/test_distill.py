@@ -80,7 +80,8 @@ def test_shape_mismatch_and_all_masked():
 
 
 def test_distillation_trainer_pulls_the_student_towards_the_teacher(tokenizer):
-    from course_utils.train import causal_collator, tokenize_texts, training_args
+    from course_utils.config import training_args
+    from course_utils.train import causal_collator, tokenize_texts
 
     spec = zoo.TinySpec(hidden=32, layers=1, heads=2, intermediate=64, max_positions=64)
     teacher = zoo.build_model("llama", tokenizer, spec, seed=1)

@@ -42,3 +42,21 @@ def test_current_plan_without_a_gpu_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(Exception, match="CUDA"):
         gpu.current_plan("gpt2")
+
+
+def test_one_memory_rule():
+    """16 bytes per parameter for full FT, 2 for a 16-bit LoRA base (+ its adapter's optimizer state), ~0.5 for a
+    4-bit one; it fits when it takes at most HEADROOM of the memory; the fallback order is full, LoRA, QLoRA."""
+    assert gpu.needed_gb(1e9, "full") == pytest.approx(16.0)
+    assert gpu.needed_gb(1e9, "lora") == pytest.approx(2.0)
+    assert gpu.needed_gb(1e9, "lora", 0.02) == pytest.approx(2.32)
+    assert gpu.needed_gb(1e9, "qlora") == pytest.approx(0.55)
+    with pytest.raises(gpu.GpuPlanError, match="method"):
+        gpu.needed_gb(1e9, "prefix")
+    assert gpu.fits(gpu.HEADROOM * 10, 10) and not gpu.fits(gpu.HEADROOM * 10 + 1e-9, 10)
+    assert [gpu.fitting_method(1e9, gb) for gb in (30, 16, 1, 0.5)] == ["full", "lora", "qlora", None]
+    assert gpu.fitting_method(1e9, 30, "lora") == "lora" and gpu.fitting_method(1e9, 4, "lora", 0.3) == "qlora"
+    for gb in (0.5, 1, 4, 16, 30):
+        chosen = gpu.fitting_method(1e9, gb)
+        if chosen:
+            assert gpu.plan("llama", gb, params=1e9).method == chosen

@@ -14,7 +14,8 @@ def test_lesson_code_runs_with_the_network_blocked(no_network, one_thread, tmp_p
     from course_utils import evaluate, profiles, zoo
     from course_utils.classify import load_classifier, predict_proba
     from course_utils.data import load_sample
-    from course_utils.train import causal_collator, tokenize_texts, training_args
+    from course_utils.config import training_args
+    from course_utils.train import causal_collator, tokenize_texts
     from course_utils.world import make_world
 
     with pytest.raises(AssertionError, match="network access attempted"):  # the guard itself works

@@ -33,6 +33,7 @@ from transformers import Trainer, TrainerCallback
 from course_utils import zoo
 from course_utils.data import load_sample
 from course_utils.profiles import setup
+from course_utils.forgetting import RunConfig
 from course_utils.train import (causal_collator, last_checkpoint, resumable_training_args, tokenize_texts,
                                 train_with_resume)
 
@@ -49,8 +50,8 @@ for run in runs:  # several runs in one process save the ~6 s of imports each
     setup(profile="cpu", seed=0, quiet=True)
     model, tok = zoo.load("gpt2")
     texts = [r["text"] for r in load_sample("pretrain_corpus.jsonl")[:96]]
-    args = resumable_training_args(run, save_steps=6, max_steps=24, per_device_train_batch_size=8,
-                                   logging_steps=3, learning_rate=1e-3, warmup_steps=5)
+    config = RunConfig(steps=24, batch_size=8, learning_rate=1e-3, warmup_steps=5)
+    args = resumable_training_args(config, run, save_steps=6, logging_steps=3)
     trainer = Trainer(model=model, args=args, train_dataset=tokenize_texts(tok, texts, 48),
                       data_collator=causal_collator(tok), callbacks=[Slow()])
     resumed_from = last_checkpoint(run)
@@ -121,10 +122,10 @@ def test_last_checkpoint_skips_an_incomplete_one(tmp_path):
 
 
 def test_resume_helpers_refuse_bad_settings(tmp_path):
-    from course_utils.train import training_args
+    from course_utils.config import CourseConfig, training_args
 
     with pytest.raises(CourseError, match="save_steps"):
-        resumable_training_args(tmp_path, save_steps=0)
+        resumable_training_args(CourseConfig(), tmp_path, save_steps=0)
     with pytest.raises(CourseError, match="lesson"):
         run_dir("a/b")
     assert run_dir("05_overfitting", "seed0", root=tmp_path) == tmp_path / "05_overfitting" / "seed0"
@@ -144,7 +145,8 @@ def _tiny_causal_trainer(tmp_path, learning_rate: float, steps: int, logging_ste
     from course_utils import zoo
     from course_utils.data import load_sample
     from course_utils.profiles import seed_everything
-    from course_utils.train import causal_lm_trainer, training_args
+    from course_utils.config import training_args
+    from course_utils.train import causal_lm_trainer
 
     seed_everything(0)
     model, tok = zoo.load("gpt2")

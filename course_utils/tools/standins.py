@@ -30,6 +30,7 @@ from typing import Any
 
 from course_utils.errors import CourseError
 from course_utils.paths import TOKENIZER_DIR
+from course_utils.profiles import seed_torch
 
 QWEN_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -120,7 +121,6 @@ def standin_tokenizer(spec: StandIn):
 
 def standin_model(spec: StandIn, vocab_size: int, token_ids: dict[str, int], seed: int = 0):
     """A randomly initialised model of `spec`'s class and (shrunk) structure."""
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     special = {"bos_token_id": token_ids.get(spec.bos) if spec.bos else token_ids[spec.eos],
@@ -128,7 +128,7 @@ def standin_model(spec: StandIn, vocab_size: int, token_ids: dict[str, int], see
                "pad_token_id": token_ids.get(spec.pad) if spec.pad else None}
     config = AutoConfig.for_model(spec.model_type, vocab_size=vocab_size, architectures=[spec.architecture],
                                   **spec.config, **special)
-    torch.manual_seed(seed)
+    seed_torch(seed)
     return AutoModelForCausalLM.from_config(config)
 
 
