@@ -26,7 +26,7 @@ from course_utils.gpu import fits, fitting_method, needed_gb
 from course_utils.peft_methods import apply_lora
 from course_utils.profiles import dry_run
 from course_utils.paths import REFERENCE_RESULTS_DIR
-from course_utils.results import load_results
+from course_utils.results import ResultsError, load_results
 from course_utils.train import ForgettingMonitor, causal_lm_trainer, rehearsal_set
 
 
@@ -81,7 +81,8 @@ def load_records(lessons: Sequence[str], directory: Path | None = None,
                  reference: Path | None = REFERENCE_RESULTS_DIR) -> dict[str, dict[str, Any]]:
     """The saved record of each lesson: from this machine's runs where the lesson was run, else from the shipped
     reference run (`reference`, None to use only this machine's). Each record says which in `source`; a lesson
-    found in neither is simply absent."""
+    found in neither is simply absent. A record that is there but damaged is a one-line `ResultsError`, never
+    passed over for the reference run's numbers without a word."""
     records = {}
     for lesson in lessons:
         for where, source in ((directory, "this run"), (reference, "reference run (shipped)")):
@@ -90,7 +91,9 @@ def load_records(lessons: Sequence[str], directory: Path | None = None,
             try:
                 records[lesson] = {**load_results(lesson, where), "source": source}
                 break
-            except CourseError:
+            except ResultsError:
+                raise
+            except CourseError:  # not saved there: try the next place
                 continue
     return records
 

@@ -177,12 +177,16 @@ def test_lessons_not_run_here_come_from_the_reference_run_and_say_so(tmp_path):
 
     from course_utils import capstone as C
 
+    from course_utils.results import ResultsError, save_results
+
     here, ref = tmp_path / "here", tmp_path / "ref"
-    here.mkdir(), ref.mkdir()
-    (here / "05_overfitting.json").write_text(json.dumps({"lesson": "05_overfitting", "table": [{"a": 1}]}))
-    (ref / "05_overfitting.json").write_text(json.dumps({"lesson": "05_overfitting", "table": [{"a": 2}]}))
-    (ref / "02_catastrophic_forgetting.json").write_text(json.dumps({"lesson": "02", "table": [{"a": 3}]}))
+    save_results(C.L05, [{"a": 1}], directory=here, profile="cpu")
+    save_results(C.L05, [{"a": 2}], directory=ref, profile="cpu")
+    save_results(C.L02, [{"a": 3}], directory=ref, profile="cpu")
     records = C.load_records([C.L02, C.L05, C.L07], here, reference=ref)
     assert C.record_sources(records) == {C.L02: "reference run (shipped)", C.L05: "this run"}
     assert records[C.L05]["table"] == [{"a": 1}]
     assert C.load_records([C.L02], here, reference=None) == {}
+    (here / f"{C.L05}.json").write_text(json.dumps({"lesson": C.L05, "table": [{"a": 1}]}))  # damaged: no profile
+    with pytest.raises(ResultsError, match=C.L05):  # never replaced by the reference run's numbers in silence
+        C.load_records([C.L05], here, reference=ref)
