@@ -229,9 +229,9 @@ def test_a_run_can_start_from_the_deep_variant():
 def test_a_runs_training_arguments_come_from_its_config():
     """The values lesson 04 trains with: the config's steps, batch and rate, warm-up min(5, steps // 4), the loss
     logged every `log_every` steps, and the run's data seed for both seeds."""
-    config = N.StudyConfig()
+    config = N.NoiseStudyConfig()
     args = N.qa_training_arguments(config, data_seed=7)
     assert (args.max_steps, args.per_device_train_batch_size, args.learning_rate, args.warmup_steps) == (40, 16, 1e-3, 5)
     assert (args.logging_strategy, args.logging_steps, args.seed, args.data_seed) == ("steps", 5, 7, 7)
-    short = N.qa_training_arguments(N.StudyConfig(steps=4, log_every=2), data_seed=0)
+    short = N.qa_training_arguments(N.NoiseStudyConfig(steps=4, log_every=2), data_seed=0)
     assert (short.max_steps, short.warmup_steps, short.logging_steps, short.seed) == (4, 1, 2, 0)

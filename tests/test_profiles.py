@@ -84,9 +84,7 @@ def test_runs_are_seeded_only_through_profiles():
 
     package = Path(profiles.__file__).parent
     pattern = re.compile(r"(?<![\w.])set_seed\(|torch\.manual_seed\(|torch\.cuda\.manual_seed")
-    # alignment is being split into a subpackage by its own change, which moves its seeding here too
-    pending = {"alignment.py"}
     offenders = [f"{path.relative_to(package)}:{i}" for path in sorted(package.rglob("*.py"))
-                 if path.name != "profiles.py" and path.name not in pending
+                 if path.name != "profiles.py"
                  for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
     assert not offenders, offenders

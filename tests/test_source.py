@@ -64,8 +64,6 @@ def test_first_cell_lists_exactly_the_modules_the_notebook_imports(path):
 
 @pytest.mark.parametrize("module, path", SL.course_modules().items(), ids=lambda v: str(getattr(v, "name", v)))
 def test_each_module_names_the_lessons_that_import_it(module, path):
-    if module == "alignment" and (PACKAGE_DIR / "alignment.py").exists():
-        pytest.skip("alignment.py is being split into a subpackage (issue 29), whose docstring gets this line")
     doc = ast.get_docstring(ast.parse(path.read_text()), clean=False)
     expected = SL.used_in_line(USING.get(module, []))
     assert doc.rstrip().splitlines()[-1] == expected, f"{path.name}: its docstring should end {expected!r}; {RERUN}"
