@@ -166,20 +166,27 @@ def _js_similarity(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return 1.0 - 0.5 * (kl(p, m) + kl(q, m))
 
 
+def paired_attention(model, reference, tokenizer, texts: Sequence[str], max_length: int, where: str):
+    """Both models' attention maps on the same probe texts, and which query positions count: real tokens after the
+    first (the first can only attend to itself, so it would look 'identical' in every model)."""
+    maps, mask = attention_maps(model, tokenizer, texts, max_length)
+    ref_maps, _ = attention_maps(reference, tokenizer, texts, max_length)
+    if len(maps) != len(ref_maps):
+        raise LayerError(f"{where}: the models have {len(maps)} and {len(ref_maps)} blocks")
+    queries = mask.bool().clone()
+    queries[:, 0] = False
+    if not queries.any():
+        raise LayerError(f"{where}: the probe texts need at least two tokens")
+    return maps, ref_maps, queries
+
+
 def attention_similarity(model, reference, tokenizer, texts: Sequence[str], max_length: int = 64) -> list[float]:
     """Per block, the mean similarity of the two models' attention distributions (1 - JS divergence).
 
     Averaged over probe texts, heads and real query tokens; the first token is left out, since it can only attend
     to itself and would count as 'identical' in every model.
     """
-    maps, mask = attention_maps(model, tokenizer, texts, max_length)
-    ref_maps, _ = attention_maps(reference, tokenizer, texts, max_length)
-    if len(maps) != len(ref_maps):
-        raise LayerError(f"attention_similarity: the models have {len(maps)} and {len(ref_maps)} blocks")
-    queries = mask.bool().clone()
-    queries[:, 0] = False
-    if not queries.any():
-        raise LayerError("attention_similarity: the probe texts need at least two tokens")
+    maps, ref_maps, queries = paired_attention(model, reference, tokenizer, texts, max_length, "attention_similarity")
     out = []
     for a, b in zip(maps, ref_maps):
         sim = _js_similarity(a, b)                      # (batch, heads, query)
@@ -218,12 +225,8 @@ def upper_vs_lower(values: Sequence[float]) -> tuple[float, float]:
 def attention_cka_per_layer(model, reference, tokenizer, texts: Sequence[str], max_length: int = 64) -> list[float]:
     """Per block, linear CKA between the two models' attention maps: each real query token (the first left out,
     it can only attend to itself) is one example, its attention over the keys in every head its features."""
-    maps, mask = attention_maps(model, tokenizer, texts, max_length)
-    ref_maps, _ = attention_maps(reference, tokenizer, texts, max_length)
-    if len(maps) != len(ref_maps):
-        raise LayerError(f"attention_cka_per_layer: the models have {len(maps)} and {len(ref_maps)} blocks")
-    queries = mask.bool().clone()
-    queries[:, 0] = False
+    maps, ref_maps, queries = paired_attention(model, reference, tokenizer, texts, max_length,
+                                               "attention_cka_per_layer")
 
     def rows(a):  # (batch, heads, query, key) -> (n real queries, heads * key)
         a = a.permute(0, 2, 1, 3)
