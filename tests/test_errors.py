@@ -14,7 +14,7 @@ def test_check_rate_keeps_a_valid_rate_and_names_a_bad_one():
     for bad in (-0.1, 1.5, math.nan, True, "0.2"):
         with pytest.raises(CourseError, match="flip: rate must be"):
             check_rate(bad, "flip")
-    with pytest.raises(DataError, match=r"share must be in \[0.0, 1.0\)"):
+    with pytest.raises(DataError, match=r"share must be in \[0, 1\)"):
         check_rate(1.0, "split", "share", high_open=True, error=DataError)
 
 
