@@ -123,6 +123,9 @@ def test_a_rehearsal_shows_undefined_measures_as_not_measured(monkeypatch):
     monkeypatch.setenv("COURSE_REHEARSAL", "1")
     table = C.verdicts([claim], {"x": {0: math.nan}})
     assert table.loc["x", "verdict"] == "not measured"
+    assert all(math.isnan(x) for x in C.t_interval([math.nan, 0.5]))  # an effect table of a dry run (lesson 02)
     monkeypatch.setenv("COURSE_REHEARSAL", "0")
+    with pytest.raises(C.ClaimError, match="t_interval: value 0"):
+        C.t_interval([math.nan, 0.5])
     with pytest.raises(C.ClaimError, match="not finite"):
         C.verdicts([claim], {"x": {0: math.nan}})
