@@ -111,11 +111,14 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path):
 
 
 def test_last_checkpoint_skips_an_incomplete_one(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
     assert last_checkpoint(tmp_path / "absent") is None
     for step, complete in [(10, True), (20, True), (30, False)]:
         d = tmp_path / f"checkpoint-{step}"
         d.mkdir()
-        (d / "model.safetensors").write_bytes(b"")
+        save_file({"w": torch.zeros(2)}, str(d / "model.safetensors"))  # whole weights; an empty file is truncated
         if complete:
             (d / "trainer_state.json").write_text("{}")
     assert Path(last_checkpoint(tmp_path)).name == "checkpoint-20"
