@@ -66,7 +66,8 @@ for run in runs:  # several runs in one process save the ~6 s of imports each
 
 def _env():
     env = dict(os.environ, COURSE_PROFILE="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_DIR))
+               HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", COURSE_THREADS="1",
+               PYTHONPATH=str(REPO_DIR))
     return env
 
 
