@@ -251,6 +251,11 @@ def busy_cores(seconds: float = 0.25) -> float:
     return max(0.0, busy_share * cores - own / seconds)
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system tells it, else all of them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def configure_threads(threads: int | None = None) -> int:
     """Give torch as many CPU threads as there are free cores (or `threads`, or `COURSE_THREADS`).
 
@@ -261,7 +266,7 @@ def configure_threads(threads: int | None = None) -> int:
     """
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = cpu_cores()
     if threads is not None:
         threads = check_number(threads, "configure_threads", "threads", int, Limit(0, math.inf), ProfileError)
     wanted = threads or env_int("COURSE_THREADS", Limit(0, 4096),

@@ -41,7 +41,7 @@ from course_utils.config import CourseConfig, Limit
 from course_utils.errors import CourseError
 from course_utils.evaluate import fast_fact_recall
 from course_utils.peft_methods import apply_lora
-from course_utils.profiles import setup
+from course_utils.profiles import cpu_cores, env_text, setup
 from course_utils.train import causal_collator, run_dir, tokenize_texts
 
 
@@ -96,9 +96,8 @@ def share_cores(local_world_size: int) -> None:
     Without this every rank sizes torch's thread pool to the whole machine, and N ranks x all cores spinning
     threads make each step wait for a thread that has no core. `COURSE_THREADS`, when set, still wins.
     """
-    if local_world_size > 1 and not os.environ.get("COURSE_THREADS"):
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        os.environ["COURSE_THREADS"] = str(max(1, cores // local_world_size))
+    if local_world_size > 1 and env_text("COURSE_THREADS") is None:
+        os.environ["COURSE_THREADS"] = str(max(1, cpu_cores() // local_world_size))
 
 
 def main(argv: list[str] | None = None) -> int:
