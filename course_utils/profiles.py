@@ -204,6 +204,12 @@ def check_seed(seed, where: str = "seed") -> int:
     return _check_seed(seed, where, ProfileError)
 
 
+def default_seeds_in_use() -> bool:
+    """Whether the lesson runs on its default seeds (`COURSE_SEEDS` unset). On them every claim's verdict must
+    equal its declaration; on other seeds only an opposite verdict fails (`claims.check`)."""
+    return env_ints("COURSE_SEEDS", "comma-separated integers like '5,6,7'") is None
+
+
 def lesson_seeds(seeds=None) -> tuple[int, ...]:
     """The seeds a lesson runs over: `seeds`, else `COURSE_SEEDS` (e.g. "5,6,7"), else three by default."""
     if seeds is None:
