@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from transformers import EarlyStoppingCallback
 
+from course_utils.claims import SCOREBOARD_COLUMNS, scoreboard_rows
 from course_utils.config import CourseConfig, Limit
 from course_utils.errors import CourseError
 from course_utils.gpu import fits, fitting_method, needed_gb
@@ -192,22 +193,20 @@ def evidence(record: Mapping[str, Any] | None) -> str:
         return "not run yet"
     claims = record.get("claims") or []
     if claims:
-        counts = {v: sum(c.get("verdict") == v for c in claims) for v in ("held", "mixed", "not reproduced")}
+        counts = {v: sum(c.get("verdict") == v for c in claims)
+                  for v in ("held", "not reproduced", "undecided", "cannot tell", "mixed")}
         return ", ".join(f"{n} {v}" for v, n in counts.items() if n) + " (declared claims over the seeds)"
     checks = record.get("checks") or {}
     return f"{sum(map(bool, checks.values()))} of {len(checks)} single-seed checks held"
 
 
 def scoreboard(records: Mapping[str, Mapping[str, Any]]):
-    """Every declared claim of the lessons run so far (negative verdicts included), one row each."""
+    """Every declared claim of the lessons run so far (negative verdicts included), one row each: the test and the
+    rule its threshold comes from, the control and its value, the verdict and any amendment (`claims.scoreboard_rows`,
+    the one scoreboard `course report` and the site show too)."""
     import pandas as pd
 
-    rows = [{"lesson": lesson.split("_")[0], "claim": c["claim"], "published": c.get("published", ""),
-             "mean": c.get("mean"), "95% low": c.get("95% low"), "95% high": c.get("95% high"),
-             "held in": c.get("held in"), "verdict": c.get("verdict")}
-            for lesson, record in records.items() for c in record.get("claims") or []]
-    return pd.DataFrame(rows, columns=["lesson", "claim", "published", "mean", "95% low", "95% high", "held in",
-                                       "verdict"])
+    return pd.DataFrame(scoreboard_rows(records), columns=SCOREBOARD_COLUMNS)
 
 
 def improved(problem: Problem, measured: float, mitigated: float) -> bool:

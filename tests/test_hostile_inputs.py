@@ -304,9 +304,9 @@ def test_t_interval(values, level):
 @cheap(200)
 @given(per_seed=st.dictionaries(st.integers(0, 5), anything, max_size=4))
 def test_verdicts_on_hostile_measurements(per_seed):
-    c = claims.Claim("c", "says", "", "m", ">", 0.5)
+    c = claims.Claim("c", "says", "", "m", ">", 0.5, rule="r", control="method off")
     with env("COURSE_REHEARSAL", None):
-        ending, got = outcome(claims.verdicts, [c], {"c": per_seed})
+        ending, got = outcome(claims.verdicts, [c], {"c": per_seed}, {"c": per_seed})
     if ending == "error":
         assert "'c'" in got
 

@@ -58,8 +58,8 @@ def test_dry_run_unknown_spelling_names_the_variable(monkeypatch, spelling):
 
 def test_claims_are_asserted_when_the_dry_run_is_spelled_off(monkeypatch):
     monkeypatch.setenv("COURSE_REHEARSAL", "false")
-    c = claims.Claim("c", "says", "", "m", ">", 1.0)
-    table = claims.verdicts([c], {"c": {0: 0.0, 1: 0.0}})
+    c = claims.Claim("c", "says", "", "m", ">", 1.0, rule="r", control="method off")
+    table = claims.verdicts([c], {"c": {0: 0.0, 1: 0.0}}, {"c": 0.0})
     clear_error(claims.check, table, match="c")
 
 

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
+from course_utils.claims import SCOREBOARD_COLUMNS, scoreboard_rows
 from course_utils.errors import CourseError
 from course_utils.paths import NOTEBOOKS_DIR, RUNS_DIR
 from course_utils.results import load_results, results_dir, saved_lessons
@@ -33,36 +34,21 @@ ul.problems { color: #a31515; }
 """
 
 
-def _interval(claim: dict[str, Any]) -> str:
-    mean, low, high = claim.get("mean"), claim.get("95% low"), claim.get("95% high")
-    if mean is None:
-        return "-"
-    return f"{mean:.3g}" if low is None or high is None else f"{mean:.3g} [{low:.3g}, {high:.3g}]"
-
-
-def scoreboard_rows(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every declared claim of every lesson: lesson, claim, published figure, our mean and interval, verdict."""
-    rows = []
-    for lesson, record in records.items():
-        for claim in record.get("claims", []):
-            rows.append({"lesson": lesson, "claim": claim.get("claim", ""), "published": claim.get("published", ""),
-                         "our mean [95% interval]": _interval(claim), "held in": claim.get("held in", ""),
-                         "verdict": claim.get("verdict", ""), "as declared": claim.get("as declared")})
-    return rows
-
-
 def scoreboard_html(records: dict[str, dict[str, Any]]) -> str:
-    """The course-wide scoreboard, first on the page; lessons not yet on declared claims are listed below it."""
+    """The course-wide scoreboard, first on the page (`claims.scoreboard_rows`: test, threshold rule, control and
+    its value, verdict, amendment per claim); lessons not yet on declared claims are listed below it."""
     rows = scoreboard_rows(records)
     legacy = [lesson for lesson, r in records.items() if not r.get("claims")]
-    classes = {"held": "held", "mixed": "mixed", "not reproduced": "notrep"}
-    body = "".join(
-        "<tr>" + "".join(f'<td class="text">{html.escape(str(r[k]))}</td>'
-                         for k in ("lesson", "claim", "published", "our mean [95% interval]", "held in"))
-        + f'<td class="text {classes.get(r["verdict"], "")}">{html.escape(r["verdict"])}</td>'
-        + f'<td class="text">{"yes" if r["as declared"] else "NO"}</td></tr>' for r in rows)
-    head = "".join(f"<th>{c}</th>" for c in ("lesson", "claim", "published", "our mean [95% interval]", "held in",
-                                            "verdict", "as declared"))
+    classes = {"held": "held", "mixed": "mixed", "undecided": "mixed", "not reproduced": "notrep",
+               "cannot tell": "notrep"}
+    shown = lambda v: "yes" if v is True else "NO" if v is False else str(v)  # noqa: E731 - 'as declared'
+
+    def cell(column: str, value: Any) -> str:
+        css = f"text {classes.get(value, '')}" if column == "verdict" else "text"
+        return f'<td class="{css}">{html.escape(shown(value))}</td>'
+
+    body = "".join("<tr>" + "".join(cell(k, r[k]) for k in SCOREBOARD_COLUMNS) + "</tr>" for r in rows)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in SCOREBOARD_COLUMNS)
     table = f"<table><tr>{head}</tr>{body}</table>" if rows else "<p>No lesson has saved declared claims yet.</p>"
     note = (f"<p class=\"missing\">Lessons still on single-seed checks (not declared claims): "
             f"{html.escape(', '.join(legacy))}.</p>" if legacy else "")

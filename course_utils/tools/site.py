@@ -23,7 +23,8 @@ from pathlib import Path
 from course_utils.errors import CourseError
 from course_utils.paths import NOTEBOOKS_DIR, PACKAGE_DIR, REPO_DIR, REPO_URL, RUNS_DIR
 from course_utils.results import load_results, results_dir, saved_lessons
-from course_utils.tools.report import lesson_title, scoreboard_rows
+from course_utils.claims import SCOREBOARD_COLUMNS, scoreboard_rows
+from course_utils.tools.report import lesson_title
 from course_utils.tools.runner import lesson_notebooks
 from course_utils.tools.sourcelinks import (NOT_IN_A_LESSON, course_modules, course_notebooks, lesson_number,
                                             lessons_using)
@@ -41,7 +42,7 @@ def scoreboard_markdown(directory: Path | None = None) -> str:
     head = "# Scoreboard\n\nEvery claim the lessons declare, judged over the seeds in the last run on this machine.\n\n"
     if not rows:
         return head + "No lesson results yet: run `course run`, then `course site` again.\n"
-    cols = ["lesson", "claim", "published", "our mean [95% interval]", "held in", "verdict", "as declared"]
+    cols = SCOREBOARD_COLUMNS
     cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731 - one-line table escaping
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
