@@ -40,11 +40,13 @@ Used in lessons: 00, 01, 02, 03, 04, 05, 06, 07, 08, 09
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import operator
 import re
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -157,12 +159,27 @@ class Claim:
         return bool(OPS[self.op](value, self.threshold))
 
 
-def declare(*claims: Claim, pending: str = "") -> list[Claim]:
+AMENDMENTS_FILE = Path(__file__).with_name("claim_amendments.json")
+
+
+def recorded_amendments(lesson: str) -> dict[str, tuple[Amendment, ...]]:
+    """The course's record of every declaration changed after a run (`claim_amendments.json`), for one lesson
+    ("04"): {claim name: its amendments, oldest first}. Appended to, never rewritten."""
+    record = json.loads(AMENDMENTS_FILE.read_text(encoding="utf-8"))
+    out: dict[str, tuple[Amendment, ...]] = {}
+    for row in record["amended"].get(lesson, []):
+        amendment = Amendment(row["was"], row["now"], f"{row['why']} ({row['commit']})", row["date"])
+        out[row["claim"]] = out.get(row["claim"], ()) + (amendment,)
+    return out
+
+
+def declare(*claims: Claim, pending: str = "", lesson: str = "") -> list[Claim]:
     """The lesson's claims, checked; show `declaration_table(claims)` before the experiment.
 
-    Each claim needs a threshold rule and a control. `pending` (the issue that will add them, e.g. "issue 35") is
-    the transition for lessons not yet moved onto controls: their claims are judged by the earlier all-seeds rule,
-    and every table says so."""
+    Each claim needs a threshold rule and a control. `lesson` ("04") attaches the amendments the course's record
+    holds for its claims, so a changed declaration is shown as such wherever the claim is. `pending` (the issue
+    that will add controls, e.g. "issue 35") is the transition for lessons not yet moved onto them: their claims
+    are judged by the earlier all-seeds rule, and every table says so."""
     if not claims:
         raise ClaimError("declare: no claims given")
     for c in claims:
@@ -174,8 +191,11 @@ def declare(*claims: Claim, pending: str = "") -> list[Claim]:
         raise ClaimError(f"declare: claim names must be unique, repeated: {dupes}")
     if not isinstance(pending, str):
         raise ClaimError(f"declare: pending must be a string naming an issue, got {type(pending).__name__}")
+    history = recorded_amendments(lesson) if lesson else {}
     out = []
     for c in claims:
+        if c.name in history:
+            c = replace(c, amendments=history[c.name] + c.amendments)
         if pending.strip() and not c.pending and not (c.rule.strip() and c.control.strip()):
             c = replace(c, pending=pending.strip())
         if not c.pending:
@@ -483,5 +503,5 @@ def measured_from_rows(rows: Iterable[Mapping[str, Any]], seed_key: str = "seed"
 
 __all__ = ["Amendment", "Claim", "ClaimError", "EXPECTATIONS", "Judged", "ONE_MEASUREMENT", "SCOREBOARD_COLUMNS",
            "check", "control_misbehaves", "control_text", "declaration_table", "declare", "interval_text",
-           "interval_verdict", "judge", "judged_by", "mean_ci", "measured_from_rows", "measured_table", "problems",
+           "interval_verdict", "judge", "judged_by", "mean_ci", "recorded_amendments", "measured_from_rows", "measured_table", "problems",
            "records", "scoreboard_rows", "t_interval", "verdict_of", "verdicts"]

@@ -277,3 +277,23 @@ def test_a_rehearsal_shows_undefined_measures_as_not_measured(monkeypatch):
         C.t_interval([math.nan, 0.5])
     with pytest.raises(C.ClaimError, match="not finite"):
         C.verdicts([x], {"x": {0: math.nan}}, {"x": 0.0})
+
+
+def test_the_amendment_record_names_only_claims_its_lessons_declare():
+    """Every recorded amendment attaches to a claim its lesson's notebook declares (declare(lesson=...))."""
+    import json
+
+    from course_utils.paths import NOTEBOOKS_DIR
+
+    record = json.loads(C.AMENDMENTS_FILE.read_text(encoding="utf-8"))
+    for lesson, rows in record["amended"].items():
+        notebook = next(NOTEBOOKS_DIR.glob(f"{lesson}_*.ipynb"))
+        text = "".join("".join(c["source"]) for c in json.loads(notebook.read_text(encoding="utf-8"))["cells"])
+        assert f'lesson="{lesson}"' in text, f"{notebook.name}: declare(..., lesson={lesson!r})"
+        for row in rows:
+            name = row["claim"].replace("(gpt2)", "({family})").replace("(qwen2)", "({family})").replace(
+                "(llama)", "({family})")
+            assert name in text, f"{notebook.name}: no claim {row['claim']!r}"
+            C.Amendment(row["was"], row["now"], row["why"], row["date"])  # each one well formed
+        amended = C.recorded_amendments(lesson)
+        assert sum(len(a) for a in amended.values()) == len(rows)
