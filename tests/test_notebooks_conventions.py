@@ -75,6 +75,21 @@ def test_claims_are_declared_before_they_are_judged_and_saved(path):
     assert "setup(seed=" not in "\n".join(code), f"{path.name}: take the seeds from setup(), not a hard-coded one"
 
 
+ON_CONTROLS = ("00", "09")  # lessons fully moved onto controls and interval verdicts (issue 30); 01-08 follow
+
+
+@pytest.mark.parametrize("path", ON_CLAIMS, ids=lambda p: p.name)
+def test_claims_have_controls_or_name_the_issue_that_gives_them(path):
+    """A lesson on controls declares no pending claim; a lesson still pending names the issue that moves it."""
+    code = "\n".join(source(c) for c in cells(path) if c["cell_type"] == "code")
+    pending = re.findall(r"pending=\"([^\"]*)\"", code)
+    if path.name[:2] in ON_CONTROLS:
+        assert not pending, f"{path.name}: every claim needs its control and threshold rule, none pending"
+        assert "control=" in code and "rule=" in code, f"{path.name}: declare each claim's control and rule"
+    else:
+        assert all(re.fullmatch(r"issue \d+", p) for p in pending), f"{path.name}: pending= names an issue"
+
+
 @pytest.mark.parametrize("path", ON_CLAIMS, ids=lambda p: p.name)
 def test_no_typed_results_in_prose(path):
     """Numbers about our runs come from code: prose quoting a range of results ("0.73-0.81", "67-86 %") is typed."""
