@@ -210,6 +210,20 @@ def default_seeds_in_use() -> bool:
     return env_ints("COURSE_SEEDS", "comma-separated integers like '5,6,7'") is None
 
 
+def more_seeds(seeds, n: int) -> tuple[int, ...]:
+    """`seeds` followed by the next integers not already among them, until there are `n`: a claim whose experiment
+    is cheap may ask for more seeds than the lesson's default (its interval narrows), and any other seed set
+    (`COURSE_SEEDS=5,6,7`) extends the same way (5, 6, 7, 8, 9)."""
+    seeds = _seed_tuple(seeds, "seeds")
+    n = check_number(n, "more_seeds", "n", int, Limit(1, 1000), ProfileError)
+    out, candidate = list(seeds), max(seeds) + 1
+    while len(out) < n:
+        if candidate not in out:
+            out.append(candidate)
+        candidate += 1
+    return tuple(out[:max(n, len(seeds))])
+
+
 def lesson_seeds(seeds=None) -> tuple[int, ...]:
     """The seeds a lesson runs over: `seeds`, else `COURSE_SEEDS` (e.g. "5,6,7"), else three by default."""
     if seeds is None:

@@ -88,3 +88,14 @@ def test_runs_are_seeded_only_through_profiles():
                  if path.name != "profiles.py"
                  for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
     assert not offenders, offenders
+
+
+def test_more_seeds_extends_any_seed_set_the_same_way():
+    from course_utils.profiles import ProfileError, more_seeds
+
+    assert more_seeds((0, 1, 2), 5) == (0, 1, 2, 3, 4)
+    assert more_seeds((11, 12, 13), 5) == (11, 12, 13, 14, 15)
+    assert more_seeds((5, 3), 4) == (5, 3, 6, 7)
+    assert more_seeds((0, 1, 2), 2) == (0, 1, 2)  # never fewer seeds than the lesson's
+    with pytest.raises(ProfileError, match="more_seeds: n"):
+        more_seeds((0,), 0)
