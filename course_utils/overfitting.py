@@ -367,12 +367,17 @@ def kept_by_early_stopping(values: Sequence[float], patience: int, greater_is_be
 
 
 def stopping_rules(family: str, task: BioTask, tokenizer, config: OverfitConfig = OverfitConfig(),
-                   patience: int = 2) -> tuple[list[dict[str, Any]], list[dict[str, float]]]:
+                   patience: int = 2, also_epochs: Mapping[str, int] | None = None,
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, float]]]:
     """Train once without mitigation to the end, then compare three choices of the model to keep: the last one,
     the one early stopping on validation loss keeps, and the one early stopping on the validation biography
     accuracy keeps (both with `patience`). Selection reads only the validation people; every kept model is judged
     on the test people. Early stopping would have stopped this same run (same seed, same data order) sooner, so
     its kept checkpoint is one of this run's epochs.
+
+    `also_epochs` ({name: epoch}, counted from 1) judges further checkpoints of the same run, such as the model
+    after one epoch, which has not yet learnt the biography format (a positive control: training it on improves
+    the task by construction).
 
     Returns (rows, curves): one row per rule (curve summary at the kept step, kept epoch, test biography accuracy)
     and the per-epoch curves with `val_bio_acc` added."""
@@ -386,6 +391,10 @@ def stopping_rules(family: str, task: BioTask, tokenizer, config: OverfitConfig 
             "early stopping": kept_by_early_stopping([r["val_loss"] for r in curves], patience),
             "early stopping on task metric": kept_by_early_stopping([r["val_bio_acc"] for r in curves], patience,
                                                                     greater_is_better=True)}
+    for name, epoch in (also_epochs or {}).items():
+        if not 1 <= epoch <= len(curves):
+            raise OverfitError(f"stopping_rules: epoch {epoch} for {name!r} is outside 1..{len(curves)}")
+        kept[name] = epoch - 1
     model, final = trainer.model, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     rows = []
     for name, i in kept.items():
@@ -396,3 +405,98 @@ def stopping_rules(family: str, task: BioTask, tokenizer, config: OverfitConfig 
                      "biography accuracy": biography_accuracy(model, tokenizer, task.test)})
     model.load_state_dict(final)
     return rows, curves
+
+
+def rerun_curves(family: str, task: BioTask, tokenizer, config: OverfitConfig = OverfitConfig(),
+                 seed_offset: int = 1000) -> list[dict[str, float]]:
+    """The no-mitigation run again, on the same people and biographies, with only the data order (and any other
+    randomness of training) drawn from another seed: how far two such runs end apart is the rerun noise, the
+    floor any difference between curves must clear."""
+    from dataclasses import replace
+
+    rerun = replace(config, seed=config.seed + seed_offset)
+    trainer = train_setting(Setting("no mitigation, rerun"), family, task.dataset(tokenizer, task.train),
+                            task.dataset(tokenizer, task.val), causal_collator(tokenizer), rerun)
+    return loss_curves(trainer)
+
+
+def rerun_noise(curves: Sequence[Mapping[str, float]], rerun: Sequence[Mapping[str, float]]) -> float:
+    """How far the final validation losses of a run and its rerun lie apart, relative to the run's minimum (the
+    same scale as `rise_beyond_noise`)."""
+    if not curves or not rerun:
+        raise OverfitError("rerun_noise: empty curves")
+    best = min(r["val_loss"] for r in curves)
+    return abs(curves[-1]["val_loss"] - rerun[-1]["val_loss"]) / best
+
+
+def rise_beyond_noise(curves: Sequence[Mapping[str, float]], rerun: Sequence[Mapping[str, float]],
+                      kept_step: int | None = None) -> float:
+    """(kept - minimum validation loss) / minimum, less the rerun noise: how far the validation loss turned up,
+    beyond what retraining with another data order moves it. The minimum is over the evaluations the run saw up
+    to the kept model, so a model kept at its minimum (early stopping) scores minus the noise, never above 0.
+
+    A relative rise alone cannot fail (final - minimum is never negative); compared with the rerun noise it can."""
+    if not curves:
+        raise OverfitError("rise_beyond_noise: empty curves")
+    end = len(curves) - 1 if kept_step is None else next(
+        (i for i, r in enumerate(curves) if r["step"] == kept_step), None)
+    if end is None:
+        raise OverfitError(f"rise_beyond_noise: no evaluation at step {kept_step}")
+    seen = curves[:end + 1]
+    best = min(r["val_loss"] for r in seen)
+    return (seen[-1]["val_loss"] - best) / best - rerun_noise(curves, rerun)
+
+
+def gap_at_training_loss(curves: Sequence[Mapping[str, float]], train_loss: float) -> float:
+    """The train/validation gap of a run at the point where its training loss first comes down to `train_loss`
+    (linear between evaluations; exactly an evaluation's gap when one has that training loss; the first or last
+    evaluation's gap when the run starts below or never reaches it). It is the run stopped early enough to fit its
+    training people only as well as another model does: the under-training control."""
+    if not curves:
+        raise OverfitError("gap_at_training_loss: empty curves")
+    for r in curves:
+        if r["train_loss"] == train_loss:
+            return r["val_loss"] - r["train_loss"]
+    if curves[0]["train_loss"] <= train_loss:
+        return curves[0]["val_loss"] - curves[0]["train_loss"]
+    for before, after in zip(curves, curves[1:]):
+        if after["train_loss"] <= train_loss:
+            share = (before["train_loss"] - train_loss) / (before["train_loss"] - after["train_loss"])
+            val = before["val_loss"] + share * (after["val_loss"] - before["val_loss"])
+            return val - train_loss
+    return curves[-1]["val_loss"] - curves[-1]["train_loss"]
+
+
+def narrowing_beyond_undertraining(gap: float, train_loss: float, plain: Sequence[Mapping[str, float]]) -> float:
+    """1 - gap / (the no-mitigation run's gap where its training loss comes down to `train_loss`): the share of
+    the gap a model removes beyond what stopping the unregularised run at the same fit removes. A regulariser that
+    only learns less scores 0: so does any checkpoint of the no-mitigation run itself (exactly, by construction)."""
+    matched = gap_at_training_loss(plain, train_loss)
+    if matched <= 0:
+        raise OverfitError(f"narrowing_beyond_undertraining: the matched gap is {matched:.4g}, not positive")
+    return 1 - gap / matched
+
+
+def sign_sentence(effect: str, values: Mapping[Any, float] | Sequence[float]) -> str:
+    """One sentence on the sign of an effect over the seeds, read from its 95 % interval: whether it lies wholly
+    above 0, wholly below, or straddles 0 (only then does the sign vary from seed to seed as far as these seeds
+    can tell)."""
+    from course_utils.claims import interval_text, t_interval
+
+    numbers = list(values.values()) if isinstance(values, Mapping) else list(values)
+    mean, low, high = t_interval(numbers)
+    positive = sum(v > 0 for v in numbers)
+    if low > 0:
+        reading = "the whole interval lies above 0: positive on these seeds, not a matter of the seed"
+    elif high < 0:
+        reading = "the whole interval lies below 0: negative on these seeds, not a matter of the seed"
+    else:
+        reading = "the interval straddles 0: its sign is not settled by these seeds"
+    return (f"{effect}: {interval_text(mean, low, high)} over {len(numbers)} seeds, positive in {positive} of "
+            f"{len(numbers)}; {reading}.")
+
+
+def compared(what: str, before: float, after: float, lower: str = "lower", higher: str = "higher") -> str:
+    """'<what> 0.205 -> 0.341 (higher)': a measured change in words chosen by its sign, for printed sentences."""
+    word = lower if after < before else higher if after > before else "unchanged"
+    return f"{what} {before:.3f} -> {after:.3f} ({word})"

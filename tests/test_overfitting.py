@@ -102,3 +102,38 @@ def test_epoch_probe_only_acts_on_the_validation_evaluation():
     train_metrics = {"eval_train_loss": 0.5}
     assert probe.on_evaluate(None, State(), "control", metrics=train_metrics, model=object()) == "control"
     assert train_metrics == {"eval_train_loss": 0.5} and probe.rows == [] and probe.weights == {}
+
+
+def _curves(train, val):
+    return [{"epoch": float(i + 1), "step": 4 * (i + 1), "train_loss": t, "val_loss": v}
+            for i, (t, v) in enumerate(zip(train, val))]
+
+
+def test_rise_beyond_noise_subtracts_the_rerun_and_is_never_positive_at_the_minimum():
+    run = _curves([1.0, 0.5, 0.2, 0.1], [1.5, 1.0, 1.1, 1.2])
+    rerun = _curves([1.0, 0.5, 0.2, 0.1], [1.5, 1.0, 1.05, 1.15])
+    assert O.rerun_noise(run, rerun) == pytest.approx(0.05)
+    assert O.rise_beyond_noise(run, rerun) == pytest.approx(0.2 - 0.05)
+    assert O.rise_beyond_noise(run, rerun, kept_step=8) == pytest.approx(-0.05)   # kept at its minimum
+    assert O.rise_beyond_noise(run, run, kept_step=8) == 0.0                     # exactly, no rounding
+    with pytest.raises(O.OverfitError, match="no evaluation at step"):
+        O.rise_beyond_noise(run, rerun, kept_step=5)
+
+
+def test_gap_at_training_loss_interpolates_and_matches_its_own_checkpoints_exactly():
+    plain = _curves([1.0, 0.5, 0.2, 0.1], [1.5, 1.0, 1.1, 1.2])
+    assert O.gap_at_training_loss(plain, 0.5) == pytest.approx(0.5)
+    assert O.gap_at_training_loss(plain, 0.35) == pytest.approx(1.05 - 0.35)     # half way between epochs 2 and 3
+    assert O.gap_at_training_loss(plain, 2.0) == pytest.approx(0.5)              # starts below: first evaluation
+    assert O.gap_at_training_loss(plain, 0.01) == pytest.approx(1.1)             # never reaches: last evaluation
+    for r in plain:   # any checkpoint of the run itself narrows nothing beyond under-training, exactly
+        assert O.narrowing_beyond_undertraining(r["val_loss"] - r["train_loss"], r["train_loss"], plain) == 0.0
+    assert O.narrowing_beyond_undertraining(0.35, 0.35, plain) == pytest.approx(0.5)
+
+
+def test_sign_sentence_reads_the_interval():
+    assert "lies above 0" in O.sign_sentence("cost", {0: 0.15, 1: 0.23, 2: 0.13})
+    assert "lies below 0" in O.sign_sentence("cost", [-0.15, -0.23, -0.13])
+    assert "straddles 0" in O.sign_sentence("cost", [0.07, 0.18, -0.08])
+    assert "positive in 2 of 3" in O.sign_sentence("cost", [0.07, 0.18, -0.08])
+    assert O.compared("rise", 0.205, 0.341) == "rise 0.205 -> 0.341 (higher)"
