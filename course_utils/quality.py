@@ -848,12 +848,12 @@ STUDY_SETS = TRAINING_SETS + (RANDOM_CLEANER,)
 
 
 def study_seed(world, seed: int, config: QualityStudyConfig = QualityStudyConfig(),
-               training_sets: Sequence[str] = STUDY_SETS) -> dict[str, list[dict[str, Any]]]:
+               training_sets: Sequence[str] = TRAINING_SETS) -> dict[str, list[dict[str, Any]]]:
     """Everything the lesson measures in one seed, each table's rows tagged with the seed.
 
     The seed draws the task (`verdict_reviews`), the corruption (design and held-out junk alike), the folds of
-    the label-error detector and the fine-tuning. Fine-tunes the `training_sets` named (of `STUDY_SETS`), each for
-    the same number of steps. Returns {"accuracy": one row per training set, plus the majority baseline, the
+    the label-error detector and the fine-tuning. Fine-tunes the `training_sets` named (of `STUDY_SETS`; the random
+    cleaner's set is there for comparisons of cleaning with mere shrinking), each for the same number of steps. Returns {"accuracy": one row per training set, plus the majority baseline, the
     classifier before fine-tuning and the meaning reader `verdict_of`; "detector": confident learning, the random
     flagger, and confident learning on shuffled probabilities; "junk": per injected junk kind; "idea junk": the
     rules on `rule_idea_junk`; "steps": the cleaning steps' removal table}.
