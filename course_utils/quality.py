@@ -633,6 +633,92 @@ def junk_caught(report: StepReport, rows: Sequence[dict[str, Any]]) -> list[dict
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Controls: settings, run beside each claim, whose outcome is known in advance
+# --------------------------------------------------------------------------------------------------------------
+
+# Held-out junk that breaks the *idea* of a rule, not a rule's exact wording: keyboard mash has no English
+# function words (the Gopher stop-word idea), a review pasted twice repeats its phrases (the repetition idea), a
+# line of symbols is mostly odd characters (the C4 character idea). None of these texts was used to write or tune a
+# rule; if the rules generalise at all, they generalise to these. The positive control of "rules catch held-out junk".
+RULE_IDEA_JUNK = ("keyboard_mash", "pasted_twice", "symbol_line")
+SYMBOLS = ["\u2605", "\u2606", "\u2764", "\u2714", "\u00bb", "\u2022", "\u263a", "\u2600", "\u266b", "\u2192"]
+
+
+def rule_idea_junk(rows: Sequence[dict[str, Any]], per_kind: int = 20, seed: int = 0,
+                   text_key: str = "text") -> list[dict[str, Any]]:
+    """`per_kind` junk texts of each `RULE_IDEA_JUNK` kind, made from `rows` (reviews): junk the rules were not
+    written for but whose defect is one a rule's idea covers. Rows carry `text` and `junk_kind`."""
+    _check_rows(rows, "rule_idea_junk", text_key, label_key=None)
+    check_count(per_kind, "rule_idea_junk", "per_kind", minimum=1, error=QualityError)
+    rng = random.Random(f"rule-idea-junk-{seed}")
+    out = []
+    for kind in RULE_IDEA_JUNK:
+        for _ in range(per_kind):
+            source = rng.choice(list(rows))
+            if kind == "keyboard_mash":
+                text = _held_out_junk(kind, rng, source)
+            elif kind == "pasted_twice":
+                text = f"{source[text_key]} {source[text_key]}"
+            else:
+                words = source[text_key].split()[:2]
+                text = " ".join(words + ["".join(rng.choices(SYMBOLS, k=rng.randint(2, 4)))
+                                         for _ in range(rng.randint(4, 6))])
+            out.append({text_key: text, "junk_kind": kind})
+    return out
+
+
+def rule_catch_share(rows: Sequence[dict[str, Any]], rules: "QualityRules | None" = None,
+                     text_key: str = "text") -> float:
+    """The share of `rows` whose text breaks at least one quality rule (what `rule_filter` would remove)."""
+    _check_rows(rows, "rule_catch_share", text_key, label_key=None)
+    rules = rules or QualityRules()
+    return sum(rule_violation(r[text_key], rules) is not None for r in rows) / len(rows)
+
+
+def meaning_reader_accuracy(rows: Sequence[dict[str, Any]], label_key: str = "label") -> float:
+    """Accuracy of `verdict_of`, which reads every negation, on labelled `verdict_reviews` rows: 1.0 on a clean
+    set. A reader that understands the task solves it, so "the task is not solved" is about the model, not the
+    labels (the negative control of that claim)."""
+    _check_rows(rows, "meaning_reader_accuracy", label_key=label_key)
+    return float(np.mean([verdict_of(r["text"]) == int(r[label_key]) for r in rows]))
+
+
+def shuffled_probs(pred_probs: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The out-of-fold probabilities with their rows permuted: the same confidences, none of them about its row.
+
+    Confident learning run on these still flags rows, but what it flags carries no information about which labels
+    are wrong: its precision is the error rate, its lift 1 (the negative control of "beats a random flagger")."""
+    probs = np.asarray(pred_probs, dtype=float)
+    if probs.ndim != 2 or probs.shape[0] < 2:
+        raise QualityError(f"shuffled_probs: need (rows, classes) probabilities for 2+ rows, got {probs.shape}")
+    return probs[np.random.default_rng(seed).permutation(probs.shape[0])]
+
+
+def random_cleaner(rows: Sequence[dict[str, Any]], keep: int, seed: int = 0) -> list[dict[str, Any]]:
+    """`keep` rows drawn at random from `rows`, order kept: a cleaner with the pipeline's budget and no judgement.
+
+    Its training set is smaller like the cleaned one, but its share of wrong labels and junk is the corrupted set's
+    in expectation: the negative control of "cleaning beats training on the corrupted set"."""
+    check_count(keep, "random_cleaner", "keep", minimum=1, error=QualityError)
+    if keep > len(rows):
+        raise QualityError(f"random_cleaner: cannot keep {keep} of {len(rows)} rows")
+    chosen = sorted(random.Random(f"random-cleaner-{seed}").sample(range(len(rows)), keep))
+    return [rows[i] for i in chosen]
+
+
+def untrained_accuracy(test_rows: Sequence[dict[str, Any]], family: str = "gpt2", seed: int = 0,
+                       max_length: int = 40, label_key: str = "label") -> float:
+    """Test accuracy of the classifier before any fine-tuning (its fresh head drawn from `seed`): what a model that
+    learned nothing from the labels scores (the negative control of "the task is learnable")."""
+    _check_rows(test_rows, "untrained_accuracy", label_key=label_key)
+    seed_everything(seed)
+    model, tok = load_classifier(family)
+    probs = predict_proba(model, tok, test_rows, max_length=max_length)
+    labels = np.array([int(r[label_key]) for r in test_rows])
+    return float((probs.argmax(-1) == labels).mean())
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Augmentation
 # --------------------------------------------------------------------------------------------------------------
 
@@ -757,16 +843,24 @@ class QualityStudyConfig(CourseConfig):
 
 
 TRAINING_SETS = ("clean", "corrupted", "cleaned (all steps)")
+RANDOM_CLEANER = "random cleaner (same budget)"  # the negative control of "cleaning beats the corrupted set"
+STUDY_SETS = TRAINING_SETS + (RANDOM_CLEANER,)
 
 
-def study_seed(world, seed: int, config: QualityStudyConfig = QualityStudyConfig()) -> dict[str, list[dict[str, Any]]]:
+def study_seed(world, seed: int, config: QualityStudyConfig = QualityStudyConfig(),
+               training_sets: Sequence[str] = TRAINING_SETS) -> dict[str, list[dict[str, Any]]]:
     """Everything the lesson measures in one seed, each table's rows tagged with the seed.
 
     The seed draws the task (`verdict_reviews`), the corruption (design and held-out junk alike), the folds of
-    the label-error detector and the fine-tuning. Returns {"accuracy": one row per training set (plus the
-    majority baseline), "detector": confident learning and the random flagger, "junk": per junk kind,
-    "steps": the cleaning steps' removal table}.
+    the label-error detector and the fine-tuning. Fine-tunes the `training_sets` named (of `STUDY_SETS`; the random
+    cleaner's set is there for comparisons of cleaning with mere shrinking), each for the same number of steps. Returns {"accuracy": one row per training set, plus the majority baseline, the
+    classifier before fine-tuning and the meaning reader `verdict_of`; "detector": confident learning, the random
+    flagger, and confident learning on shuffled probabilities; "junk": per injected junk kind; "idea junk": the
+    rules on `rule_idea_junk`; "steps": the cleaning steps' removal table}.
     """
+    unknown = sorted(set(training_sets) - set(STUDY_SETS))
+    if unknown:
+        raise QualityError(f"study_seed: unknown training_sets {unknown}; known: {list(STUDY_SETS)}")
     rows = verdict_reviews(world, n=config.n_reviews, seed=seed, negation_rate=config.negation_rate)
     train = [r for r in rows if r["split"] == "train"]
     test = [r for r in rows if r["split"] == "test"]
@@ -774,18 +868,31 @@ def study_seed(world, seed: int, config: QualityStudyConfig = QualityStudyConfig
     cleaned, reports = clean(corrupted)
     before_label_step = clean(corrupted, DEFAULT_PIPELINE[:-1])[0]  # what the label step receives
     probs = out_of_fold_probs(before_label_step, seed=seed)
-    flagged = find_label_issues(before_label_step, probs)
-    detector = detector_report(flagged, label_error_mask(before_label_step))
+    truth = label_error_mask(before_label_step)
+    detector = detector_report(find_label_issues(before_label_step, probs), truth)
+    shuffled = detector_report(find_label_issues(before_label_step, shuffled_probs(probs, seed)), truth)[0]
+    detector.append(dict(shuffled, detector="confident learning, shuffled probabilities (control)"))
     labels = [r["label"] for r in test]
     majority = max(labels.count(c) for c in set(labels)) / len(labels)
     accuracy = [{"training set": "majority class (no training)", "rows": 0, "wrong labels": None,
-                 "accuracy": majority, "log_loss": None}]
+                 "accuracy": majority, "log_loss": None},
+                {"training set": "meaning reader (verdict_of, no training)", "rows": 0, "wrong labels": None,
+                 "accuracy": meaning_reader_accuracy(test), "log_loss": None},
+                {"training set": "no fine-tuning (fresh classifier)", "rows": 0, "wrong labels": None,
+                 "accuracy": untrained_accuracy(test, config.family, seed, config.max_length), "log_loss": None}]
     cfg = ClassifierConfig(seed=seed, max_length=config.max_length, learning_rate=config.learning_rate,
                            batch_size=config.batch_size)
-    for name, data in zip(TRAINING_SETS, (train, corrupted, cleaned)):
+    data_of = {"clean": lambda: train, "corrupted": lambda: corrupted, "cleaned (all steps)": lambda: cleaned,
+               RANDOM_CLEANER: lambda: random_cleaner(corrupted, len(cleaned), seed)}
+    for name in [s for s in STUDY_SETS if s in training_sets]:
+        data = data_of[name]()
         _, _, score = train_and_score(data, test, family=config.family, steps=config.steps, seed=seed, config=cfg)
         wrong = float(label_error_mask(data).mean()) if "true_label" in data[0] else 0.0
         accuracy.append({"training set": name, "rows": len(data), "wrong labels": wrong, **score})
+    idea = rule_idea_junk(train, seed=seed)
+    idea_junk = [{"junk kind": kind, "injected": sum(r["junk_kind"] == kind for r in idea),
+                  "share caught": rule_catch_share([r for r in idea if r["junk_kind"] == kind])}
+                 for kind in RULE_IDEA_JUNK]
     tag = lambda table: [dict(r, seed=seed) for r in table]  # noqa: E731
     return {"accuracy": tag(accuracy), "detector": tag(detector), "junk": tag(junk_caught(reports[0], corrupted)),
-            "steps": tag(removal_table(reports))}
+            "idea junk": tag(idea_junk), "steps": tag(removal_table(reports))}

@@ -339,3 +339,73 @@ def test_verdict_of_reads_the_meaning(verdicts):
     assert Q.verdict_of("The lamp is not flimsy, not noisy and cheap.") == 1
     assert Q.verdict_of("The lamp is great, but hardly sturdy and never quiet.") == 0
     assert Q.verdict_of("The lamp is.") is None
+
+
+# ---- the rule filters on the junk they were written for: a unit test, not a finding (issue 35) -----------------
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rule_filters_catch_the_design_junk_of_the_lesson(seed):
+    """Lesson 03 used to claim this (recall 1.0); rules graded on the junk they were written for test the rules,
+    so it lives here."""
+    rows = Q.verdict_reviews(W.make_world(), seed=seed)
+    train = [r for r in rows if r["split"] == "train"]
+    corrupted = Q.corrupt(train, Q.CorruptionConfig(seed=seed, junk_kinds=Q.DESIGN_JUNK + Q.HELD_OUT_JUNK))
+    _, report = Q.rule_filter(corrupted)
+    design = [r for r in Q.junk_caught(report, corrupted) if r["rules written for it"]]
+    assert {r["junk kind"] for r in design} == set(Q.DESIGN_JUNK)
+    assert sum(r["caught"] for r in design) / sum(r["injected"] for r in design) >= 0.9
+    assert not [r for r in report.removed if r["corruption"] == "clean"]  # no untouched review is lost to the rules
+
+
+# ---- controls -------------------------------------------------------------------------------------------------
+
+def test_rule_idea_junk_is_caught_and_is_held_out(verdicts):
+    train = [r for r in verdicts if r["split"] == "train"]
+    idea = Q.rule_idea_junk(train, per_kind=15, seed=4)
+    assert len(idea) == 15 * len(Q.RULE_IDEA_JUNK) and not set(Q.RULE_IDEA_JUNK) & set(Q.DESIGN_JUNK)
+    assert Q.rule_idea_junk(train, per_kind=15, seed=4) == idea
+    for kind in Q.RULE_IDEA_JUNK:
+        assert Q.rule_catch_share([r for r in idea if r["junk_kind"] == kind]) == 1.0
+    assert Q.rule_catch_share(train) == 0.0
+    with pytest.raises(Q.QualityError):
+        Q.rule_idea_junk(train, per_kind=0)
+
+
+def test_meaning_reader_solves_the_clean_task_and_not_a_flipped_one(verdicts):
+    assert Q.meaning_reader_accuracy(verdicts) == 1.0
+    flipped = [dict(r, label=1 - r["label"]) for r in verdicts[:40]]
+    assert Q.meaning_reader_accuracy(flipped) == 0.0
+
+
+def test_shuffled_probabilities_keep_the_confidences_but_not_their_rows():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    out = Q.shuffled_probs(probs, seed=1)
+    assert sorted(map(tuple, out)) == sorted(map(tuple, probs))
+    assert np.array_equal(Q.shuffled_probs(probs, seed=1), out)
+    with pytest.raises(Q.QualityError):
+        Q.shuffled_probs(np.array([0.5, 0.5]))
+
+
+def test_confident_learning_on_shuffled_probabilities_is_no_better_than_chance(verdicts):
+    train = [r for r in verdicts if r["split"] == "train"]
+    rows = Q.corrupt(train, Q.CorruptionConfig(seed=2, duplicate_rate=0, near_duplicate_rate=0,
+                                               contradiction_rate=0, junk_rate=0))
+    probs = Q.out_of_fold_probs(rows, seed=2)
+    truth = Q.label_error_mask(rows)
+    real = Q.detector_report(Q.find_label_issues(rows, probs), truth)[0]
+    control = Q.detector_report(Q.find_label_issues(rows, Q.shuffled_probs(probs, seed=2)), truth)[0]
+    assert real["lift"] > 1.5 > 1.25 > control["lift"]
+
+
+def test_random_cleaner_keeps_the_budget_and_the_order():
+    rows = [{"text": f"row {i}", "label": i % 2} for i in range(50)]
+    kept = Q.random_cleaner(rows, 20, seed=3)
+    assert len(kept) == 20 and kept == sorted(kept, key=rows.index)
+    assert Q.random_cleaner(rows, 20, seed=3) == kept
+    with pytest.raises(Q.QualityError):
+        Q.random_cleaner(rows, 51)
+
+
+def test_study_seed_refuses_unknown_training_sets():
+    with pytest.raises(Q.QualityError, match="training_sets"):
+        Q.study_seed(W.make_world(), 0, training_sets=("noisy",))
