@@ -9,7 +9,8 @@ Debiasing methods, each a small function:
 - `balance`: undersample so that every attribute value has the same label mix;
 - `mix_sources`: add data from a second, independently labelled source;
 - `review_candidates` + `ReviewQueue`: a human-review pass (ipywidgets for a person; when nobody clicks, a
-  simulated reviewer from `text_reviewer` that reads only the text and errs at a stated rate);
+  simulated reviewer from `text_reviewer` that reads only the text, through a sentiment reader fitted on a small
+  labelled sample, so it errs where its sample never showed it a word; `reading_accuracy` measures how often);
 - `counterfactual_augment`: counterfactual data augmentation (CDA, Lu et al. 2018): swap the attribute, keep the
   label, so the attribute carries no information about the label;
 - `AdversarialTrainer`: adversarial debiasing (Zhang et al. 2018; gradient reversal of Ganin & Lempitsky 2015): an
@@ -225,7 +226,9 @@ def measure_bias(model, tokenizer, test_rows: Sequence[dict[str, Any]], attribut
 class BiasProbe:
     """Where a model is judged: held-out counterfactual probes (rows naming the group, swapped with `heldout_values`)
     and the seen test split (`seen_rows`, swapped with `seen_values`, the training companies), with the labels a
-    biased annotator would have given the seen test rows (`biased_labels`, optional)."""
+    biased annotator would have given the seen test rows (`biased_labels`, optional). With `audit_rows` (a larger
+    labelled set in the training phrasings) the biased labels belong to those rows instead: accuracy against them
+    and against the rows' true labels is then measured there (`audit_accuracy`, `accuracy_vs_biased_labels`)."""
 
     attribute: str
     group_value: str
@@ -234,17 +237,31 @@ class BiasProbe:
     seen_rows: Sequence[dict[str, Any]]
     seen_values: Sequence[str]
     biased_labels: Sequence[int] | None = None
+    audit_rows: Sequence[dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        rows = self.seen_rows if self.audit_rows is None else self.audit_rows
+        if self.biased_labels is not None and len(self.biased_labels) != len(rows):
+            where = "seen_rows" if self.audit_rows is None else "audit_rows"
+            raise BiasError(f"BiasProbe: {len(self.biased_labels)} biased labels for {len(rows)} {where}")
+        if self.audit_rows is not None and self.biased_labels is None:
+            raise BiasError("BiasProbe: audit_rows need their biased_labels")
 
 
 def evaluate_bias(model, tokenizer, probe: BiasProbe) -> dict[str, float]:
     """Held-out bias and accuracy (`gap`, `accuracy`, `group_accuracy`, ...) and, for contrast, the same on the
     seen split with seen swaps (`gap_seen_swaps`, `seen_accuracy`, `accuracy_vs_biased_labels`)."""
     held = heldout_bias(model, tokenizer, probe.probes, probe.attribute, probe.group_value, probe.heldout_values)
+    on_seen = probe.biased_labels if probe.audit_rows is None else None
     seen = measure_bias(model, tokenizer, probe.seen_rows, probe.attribute, probe.group_value, probe.seen_values,
-                        probe.biased_labels)
+                        on_seen)
     out = {**held, "gap_seen_swaps": seen["gap"], "seen_accuracy": seen["accuracy"]}
     if "accuracy_vs_biased_labels" in seen:
         out["accuracy_vs_biased_labels"] = seen["accuracy_vs_biased_labels"]
+    if probe.audit_rows is not None:
+        pred = predict_proba(model, tokenizer, probe.audit_rows).argmax(-1)
+        out["audit_accuracy"] = float((pred == np.array([int(r["label"]) for r in probe.audit_rows])).mean())
+        out["accuracy_vs_biased_labels"] = float((pred == np.asarray(probe.biased_labels, dtype=int)).mean())
     return out
 
 
@@ -299,6 +316,9 @@ def constant_baseline(probe: BiasProbe, label_key: str = "label") -> dict[str, f
            "group_accuracy": float((labels == majority).mean()), "seen_accuracy": float((seen == majority).mean())}
     if probe.biased_labels is not None:
         out["accuracy_vs_biased_labels"] = float((np.asarray(probe.biased_labels) == majority).mean())
+    if probe.audit_rows is not None:
+        audit = np.array([int(r[label_key]) for r in probe.audit_rows])
+        out["audit_accuracy"] = float((audit == majority).mean())
     return out
 
 
@@ -399,15 +419,20 @@ def review_candidates(rows: Sequence[dict[str, Any]], attribute: str, budget: in
 DECISIONS = ("keep", "flip", "drop")
 
 
-def text_reviewer(reference_rows: Sequence[dict[str, Any]], error_rate: float, seed: int = 0,
+def text_reviewer(reference_rows: Sequence[dict[str, Any]], error_rate: float = 0.0, seed: int = 0,
                   margin: float = 0.1, label_key: str = "label", text_key: str = "text"
                   ) -> Callable[[dict[str, Any]], str]:
-    """A simulated human reviewer for runs where nobody clicks: it reads only a row's text, and errs at a stated rate.
+    """A simulated human reviewer for runs where nobody clicks: a reader that learned sentiment from a few examples.
 
-    Its reading of the text is a bag-of-words sentiment model fitted on `reference_rows`, reviews labelled by
-    someone else (never the rows under review, never the generator's phrase lists). It answers 'keep' when the label
-    agrees with its reading, 'flip' when it contradicts it, 'drop' when its reading is unsure (P(positive) within
-    `margin` of 0.5). Then, like a tired person, it gives the opposite keep/flip answer on a random `error_rate`
+    It reads only a row's text (never the company's label rates, never the true label), through a bag-of-words
+    sentiment model fitted on `reference_rows`: a *small* sample of reviews labelled by someone else (never the rows
+    under review, never the generator's phrase lists). Its mistakes come from what it cannot see: a sentiment
+    word that none of its examples contained tells it nothing, so on such a review it guesses, or is unsure. It
+    answers 'keep' when the label agrees with its reading, 'flip' when it contradicts it, 'drop' when its reading is
+    unsure (P(positive) within `margin` of 0.5). Fitted on many examples it would read every review right (an
+    oracle); how many it reads right is measured with `reading_accuracy`, not assumed.
+
+    `error_rate` (0 by default) adds lapses on top, like a tired person: the opposite keep/flip answer on a random
     share of the rows (`random.Random(seed)`), whether or not its reading was right.
     """
     from sklearn.feature_extraction.text import CountVectorizer
@@ -423,8 +448,12 @@ def text_reviewer(reference_rows: Sequence[dict[str, Any]], error_rate: float, s
     reader = LogisticRegression(C=1.0, max_iter=2000).fit(features, [int(r[label_key]) for r in reference_rows])
     rng = random.Random(f"reviewer-{seed}")
 
+    def reads(row: dict[str, Any]) -> float:
+        """The reader's P(positive) for the row's text."""
+        return float(reader.predict_proba(vectorizer.transform([row[text_key]]))[0, 1])
+
     def review(row: dict[str, Any]) -> str:
-        p = float(reader.predict_proba(vectorizer.transform([row[text_key]]))[0, 1])
+        p = reads(row)
         if abs(p - 0.5) < margin:
             return "drop"
         decision = "keep" if int(row[label_key]) == int(p >= 0.5) else "flip"
@@ -432,7 +461,18 @@ def text_reviewer(reference_rows: Sequence[dict[str, Any]], error_rate: float, s
             decision = "flip" if decision == "keep" else "keep"
         return decision
 
+    review.reads = reads
     return review
+
+
+def reading_accuracy(reviewer: Callable[[dict[str, Any]], str], rows: Sequence[dict[str, Any]],
+                     label_key: str = "true_label") -> float:
+    """Share of `rows` whose true label (`label_key`) the simulated reviewer's reader gets right from the text alone:
+    what the reviewer is, measured (1.0 would be an oracle)."""
+    check_rows(rows, "reading_accuracy", keys=["text", label_key], int_keys=[label_key], error=BiasError)
+    if not hasattr(reviewer, "reads"):
+        raise BiasError("reading_accuracy: give a reviewer made by text_reviewer (it has a .reads reader)")
+    return float(np.mean([int(reviewer.reads(r) >= 0.5) == int(r[label_key]) for r in rows]))
 
 
 HEADLESS_MARKERS = ("pytest", "nbval", "nbclient", "nbconvert", "papermill", "testbook", "course run",

@@ -214,6 +214,37 @@ def test_text_reviewer_reads_the_text_and_errs_at_its_stated_rate(skewed, second
         B.text_reviewer([r for r in second_shop if r["label"] == 1], error_rate=0.1)
 
 
+def test_text_reviewer_fitted_on_a_small_sample_errs_from_what_it_never_saw(skewed, second_shop):
+    """No injected errors: a reader fitted on a few reviews misreads some texts; fitted on many, it reads them all."""
+    import random
+
+    full = B.text_reviewer(second_shop, seed=0)
+    assert B.reading_accuracy(full, skewed) == 1.0
+    small = [B.reading_accuracy(B.text_reviewer(random.Random(s).sample(second_shop, 12), seed=s), skewed)
+             for s in range(4)]
+    assert all(0.5 < a < 1.0 for a in small)
+    assert B.reading_accuracy(full, skewed, label_key="label") < 1.0   # the skewed labels are not what it reads
+    with pytest.raises(B.BiasError, match="text_reviewer"):
+        B.reading_accuracy(lambda row: "keep", skewed)
+
+
+def test_audit_rows_carry_the_biased_labels(tiny_classifier, tokenizer, reviews):
+    tiny_classifier.config.pad_token_id = tokenizer.pad_token_id
+    seen = [r for r in reviews if r["company"] == GROUP][:3] + [r for r in reviews if r["company"] != GROUP][:3]
+    audit = reviews[6:16]
+    probe = B.BiasProbe("company", GROUP, B.heldout_probes(4, GROUP), W.COMPANIES[6:9], seen,
+                        sorted({r["company"] for r in seen} | {GROUP}), biased_labels=[0] * 10, audit_rows=audit)
+    out = B.evaluate_bias(tiny_classifier, tokenizer, probe)
+    assert {"audit_accuracy", "accuracy_vs_biased_labels"} <= set(out)
+    constant = B.constant_baseline(probe)
+    assert constant["audit_accuracy"] == np.mean([r["label"] == int(np.mean([p["label"] for p in probe.probes]) >= 0.5)
+                                                  for r in audit])
+    with pytest.raises(B.BiasError, match="9 biased labels for 10 audit_rows"):
+        B.BiasProbe("company", GROUP, probe.probes, W.COMPANIES[6:9], seen, W.COMPANIES, [0] * 9, audit)
+    with pytest.raises(B.BiasError, match="need their biased_labels"):
+        B.BiasProbe("company", GROUP, probe.probes, W.COMPANIES[6:9], seen, W.COMPANIES, None, audit)
+
+
 def test_review_queue_lets_the_simulated_reviewer_finish_what_a_person_left(skewed, second_shop):
     flagged = [i for i, r in enumerate(skewed) if r["skewed"]][:5] + [0]
     queue = B.ReviewQueue(skewed, flagged)
