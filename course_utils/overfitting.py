@@ -26,6 +26,7 @@ import torch
 from transformers import TrainerCallback
 
 from course_utils import zoo
+from course_utils.claims import interval_text, t_interval
 from course_utils.config import CourseConfig
 from course_utils.errors import CourseError, check_rate
 from course_utils.evaluate import generate
@@ -481,8 +482,6 @@ def sign_sentence(effect: str, values: Mapping[Any, float] | Sequence[float]) ->
     """One sentence on the sign of an effect over the seeds, read from its 95 % interval: whether it lies wholly
     above 0, wholly below, or straddles 0 (only then does the sign vary from seed to seed as far as these seeds
     can tell)."""
-    from course_utils.claims import interval_text, t_interval
-
     numbers = list(values.values()) if isinstance(values, Mapping) else list(values)
     mean, low, high = t_interval(numbers)
     positive = sum(v > 0 for v in numbers)
