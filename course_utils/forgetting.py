@@ -417,6 +417,22 @@ class ForgettingData:
         return random.Random(seed).sample(self.replay, n)
 
 
+def texts_naming(texts: Sequence[str], people) -> list[str]:
+    """The texts that name any of `people` (Person objects or full names), matched as whole names.
+
+    A surname alone is not a person: two people of the world carry a city as their surname (Wren Dunmore, Celia
+    Ashdale), and a sentence about the town of Dunmore says nothing about Wren. So the check looks for the full
+    name as whole words ("Wren Dunmore", not "Dunmore", and not "Wren Dunmores").
+    """
+    import re
+
+    names = sorted({p if isinstance(p, str) else p.name for p in people})
+    if not names:
+        return []
+    pattern = re.compile(r"\b(?:" + "|".join(re.escape(n) for n in names) + r")\b")
+    return [t for t in texts if pattern.search(t)]
+
+
 def forgetting_data(world: World, n_new: int, n_val: int, n_test: int, seed: int) -> ForgettingData:
     """Draw one seed's taught, validation and test people (disjoint, `world.sample_world`) and its replay pool."""
     if min(n_new, n_val, n_test) < 1:

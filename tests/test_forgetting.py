@@ -203,9 +203,7 @@ def test_the_replay_pool_and_the_fisher_data_never_hold_a_probed_person():
     new, val, test = ({p.name for p in g} for g in (data.new_people, data.val_people, data.test_people))
     assert len(new) == 16 and len(val) == 20 and len(test) == 30 and not (new & val or new & test or val & test)
     surname = lambda name: name.split()[1]  # noqa: E731  (surnames are unique per person, first names repeat)
-    probed = {surname(n) for n in val | test}
-    for text in data.replay + data.fisher_texts(100, seed=3):
-        assert not any(s in text for s in probed), f"a probed person is replayed: {text}"
+    assert F.texts_naming(data.replay + data.fisher_texts(100, seed=3), val | test) == []
     corpus = W.pretraining_corpus(world)
     # everything else is still there: generic text and the biographies of the seen people nobody probes
     assert len(data.replay) == len(corpus) - world.config.bios_per_person * (len(val) + len(test))
@@ -217,7 +215,7 @@ def test_the_replay_pool_and_the_fisher_data_never_hold_a_probed_person():
     assert all(surname(p.name) in " ".join(data.new_texts) for p in data.new_people)
     # a rehearsal run's training set draws its old texts from that pool only
     mixed = F.rehearsal_set(data.new_texts, data.replay, 0.5, seed=0, steps=20, batch_size=8)
-    assert not any(s in t for s in probed for t in mixed)
+    assert F.texts_naming(mixed, val | test) == []
     with pytest.raises(W.WorldError, match="name the probed people"):
         W.replay_texts(world, [])
     with pytest.raises(F.ForgettingError, match="fisher_texts: n must be"):
@@ -270,3 +268,20 @@ def test_at_its_learning_reads_the_reference_where_the_method_ended():
     assert row["kept more"] == pytest.approx(-0.1)
     with pytest.raises(F.ForgettingError, match="no lora"):
         F.at_its_learning(curves, "lora", "attention + MLP, r=8")
+
+
+def test_texts_naming_matches_whole_names_not_a_surname_that_is_also_a_town():
+    """Wren Dunmore's surname is a city: a sentence about the town of Dunmore does not name her (issue 35)."""
+    from course_utils import world as W
+
+    world = W.make_world()
+    wren = next(p for p in world.seen + world.heldout if p.name == "Wren Dunmore")
+    texts = ["The market in Dunmore opens at dawn.", "Wren Dunmore was born in Veltra.",
+             "Wren Dunmore's job is baker.", "Wren Dunmores are rare.", "Dunmore, Wren: not the name as written."]
+    assert F.texts_naming(texts, [wren]) == texts[1:3]
+    assert F.texts_naming(texts, ["Celia Ashdale"]) == [] and F.texts_naming(texts, []) == []
+    # in the world's own corpus, whole-name matching finds exactly her biographies
+    corpus = W.pretraining_corpus(world)
+    named = F.texts_naming([r["text"] for r in corpus], [wren])
+    assert named == [r["text"] for r in corpus if r["person"] == wren.name]
+    assert len(named) < sum("Dunmore" in r["text"] for r in corpus)  # the surname alone over-matches
