@@ -285,3 +285,39 @@ def test_texts_naming_matches_whole_names_not_a_surname_that_is_also_a_town():
     named = F.texts_naming([r["text"] for r in corpus], [wren])
     assert named == [r["text"] for r in corpus if r["person"] == wren.name]
     assert len(named) < sum("Dunmore" in r["text"] for r in corpus)  # the surname alone over-matches
+
+
+def test_unrelated_replay_names_no_one_and_study_settings_filter_by_method(tokenizer):
+    """Rehearsal's control replays the pool's texts that name no person, mixed exactly as rehearsal mixes (issue 35)."""
+    from course_utils import world as W
+
+    world = W.make_world()
+    data = F.forgetting_data(world, n_new=16, n_val=20, n_test=30, seed=3)
+    assert data.unrelated and set(data.unrelated) <= set(data.replay)
+    assert F.texts_naming(data.unrelated, list(world.seen) + list(world.heldout)) == []
+    generic = {r["text"] for r in W.pretraining_corpus(world) if r["kind"] == "generic"}
+    assert set(data.unrelated) == generic  # every generic sentence, and nothing about anyone
+    study = F.ForgettingStudyConfig()
+    assert [m for m, _, _ in study.settings(["naive", "rehearsal"])] == ["naive", "rehearsal", "rehearsal", "rehearsal"]
+    assert len(study.settings()) == 10
+    with pytest.raises(F.ForgettingError, match="unknown methods"):
+        study.settings(["dropout"])
+    base = small_model(tokenizer)
+    measure = lambda m: {"new_recall": 0.0, "old_recall": 1.0}  # noqa: E731
+    cfg = F.RunConfig(steps=2, batch_size=2, eval_every=2, learning_rate=1e-2)
+    rows = F.run_method(base, tokenizer, "unrelated replay", ["a b c", "d e f"], measure, cfg, old_texts=["x y z"],
+                        ratio=0.25)
+    assert {(r["method"], r["setting"]) for r in rows} == {("unrelated replay", "25% unrelated")}
+
+
+def test_at_its_learning_takes_a_setting_per_seed():
+    def curve(method, setting, seed, points):
+        return [{"method": method, "setting": setting, "lr": 1e-3, "seed": seed, "step": 10 * i, "new_recall": n,
+                 "old_recall": o} for i, (n, o) in enumerate(points)]
+
+    naive = [(0.0, 1.0), (0.4, 0.6), (0.8, 0.5)]
+    curves = (curve("naive", "", 0, naive) + curve("naive", "", 1, naive)
+              + curve("ewc", "lambda=10", 0, [(0.0, 1.0), (0.4, 0.9)]) + curve("ewc", "lambda=100", 0, [(0.0, 1.0)])
+              + curve("ewc", "lambda=100", 1, [(0.0, 1.0), (0.4, 0.7)]))
+    table = F.at_its_learning(curves, "ewc", {0: "lambda=10", 1: "lambda=100"})
+    assert table["kept more"].to_dict() == pytest.approx({0: 0.3, 1: 0.1})
