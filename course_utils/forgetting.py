@@ -12,7 +12,8 @@ holds the pieces lesson 02 needs to *measure* that loss and to fight it:
 - `value_at`: reads such a curve at a chosen amount of learning, to compare methods at matched learning
   (Biderman et al. 2024, "LoRA learns less and forgets less");
 - `forgetting_data`, `ForgettingStudyConfig`, `run_study`: one seed's taught, validation and test people, a replay pool
-  that never holds a probed person (`world.replay_texts`), and every setting of the lesson run on them;
+  that never holds a probed person (`world.replay_texts`; `texts_naming` checks it by whole names), and every setting
+  of the lesson run on them, with rehearsal's control: replay of the pool's texts that name no one;
 - `choose_on_validation`, `run_values`, `matched_gain`, `at_its_learning`: a mitigation's strength chosen on
   validation people, and every method judged on test people at matched learning.
 
