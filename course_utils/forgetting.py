@@ -534,6 +534,33 @@ def matched_gain(summary: "pd.DataFrame", method: str, setting_by_seed: Mapping[
     return {seed: float(base[seed] - run[seed]) for seed in base}
 
 
+def kept_more_at_common_learning(curves: Sequence[Mapping[str, Any]], method: str, setting: Mapping[Any, str] | str,
+                                 reference: str, reference_setting: Mapping[Any, str] | str, target: float,
+                                 x_key: str = "new_recall", y_key: str = "old_recall") -> dict[Any, float]:
+    """Per seed: `method`'s old recall minus `reference`'s, both read where their new recall first reached the same
+    level: `target`, or, when one of the two runs never got that far, the highest new recall both reached.
+
+    When both reach `target` this is exactly forgot@target(reference) - forgot@target(method). A control that
+    learns slower than the target allows still gets a value, read at a level both runs reached, instead of none.
+    Settings are one for every seed, or per seed (as `choose_on_validation` returns them)."""
+    import pandas as pd
+
+    df = pd.DataFrame(list(curves))
+    out = {}
+    for seed in df["seed"].unique():
+        runs = []
+        for m, st in ((method, setting), (reference, reference_setting)):
+            pick = st if isinstance(st, str) else st[seed]
+            run = df[(df.method == m) & (df.setting == pick) & (df.seed == seed)].sort_values("step")
+            if run.empty:
+                raise ForgettingError(f"kept_more_at_common_learning: no {m} ({pick!r}) run in seed {seed}")
+            runs.append(run.to_dict("records"))
+        level = min(target, *(max(r[x_key] for r in run) for run in runs))
+        mine, ref = (value_at(run, x_key, level, y_key) for run in runs)
+        out[seed] = float(mine - ref)
+    return out
+
+
 def at_its_learning(curves: Sequence[Mapping[str, Any]], method: str, setting: Mapping[Any, str] | str,
                     reference: str = "naive",
                     x_key: str = "new_recall", y_key: str = "old_recall") -> "pd.DataFrame":

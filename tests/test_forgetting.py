@@ -321,3 +321,22 @@ def test_at_its_learning_takes_a_setting_per_seed():
               + curve("ewc", "lambda=100", 1, [(0.0, 1.0), (0.4, 0.7)]))
     table = F.at_its_learning(curves, "ewc", {0: "lambda=10", 1: "lambda=100"})
     assert table["kept more"].to_dict() == pytest.approx({0: 0.3, 1: 0.1})
+
+
+def test_kept_more_at_common_learning_reads_both_runs_at_a_level_both_reached():
+    """At the target when both runs reach it (forgot@target of the reference minus the method's); else at the highest
+    new recall both reached, so a control that learns too slowly still gets a value (issue 35: seed 6)."""
+    def curve(method, setting, points):
+        return [{"method": method, "setting": setting, "lr": 1e-3, "seed": 0, "step": 10 * i, "new_recall": n,
+                 "old_recall": o} for i, (n, o) in enumerate(points)]
+
+    rehearsal = curve("rehearsal", "50% old", [(0.0, 1.0), (0.4, 0.9), (0.8, 0.8)])
+    fast = curve("unrelated replay", "50% unrelated", [(0.0, 1.0), (0.4, 0.8), (0.8, 0.6)])
+    slow = curve("unrelated replay", "50% unrelated", [(0.0, 1.0), (0.3, 0.8), (0.5, 0.7)])
+    both = F.kept_more_at_common_learning(rehearsal + fast, "rehearsal", {0: "50% old"}, "unrelated replay",
+                                          "50% unrelated", 0.6)
+    assert both == pytest.approx({0: 0.85 - 0.7})
+    assert F.kept_more_at_common_learning(rehearsal + slow, "rehearsal", "50% old", "unrelated replay",
+                                          {0: "50% unrelated"}, 0.6) == pytest.approx({0: 0.875 - 0.7})
+    with pytest.raises(F.ForgettingError, match="no naive"):
+        F.kept_more_at_common_learning(rehearsal, "naive", "", "rehearsal", "50% old", 0.6)
