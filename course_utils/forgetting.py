@@ -12,7 +12,8 @@ holds the pieces lesson 02 needs to *measure* that loss and to fight it:
 - `value_at`: reads such a curve at a chosen amount of learning, to compare methods at matched learning
   (Biderman et al. 2024, "LoRA learns less and forgets less");
 - `forgetting_data`, `ForgettingStudyConfig`, `run_study`: one seed's taught, validation and test people, a replay pool
-  that never holds a probed person (`world.replay_texts`), and every setting of the lesson run on them;
+  that never holds a probed person (`world.replay_texts`; `texts_naming` checks it by whole names), and every setting
+  of the lesson run on them, with rehearsal's control: replay of the pool's texts that name no one;
 - `choose_on_validation`, `run_values`, `matched_gain`, `at_its_learning`: a mitigation's strength chosen on
   validation people, and every method judged on test people at matched learning.
 
@@ -25,7 +26,7 @@ Used in lessons: 02, 09
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -259,32 +260,52 @@ class ForgettingStudyConfig(CourseConfig):
         return RunConfig(steps=self.steps, learning_rate=learning_rate, batch_size=self.batch_size,
                          warmup_steps=self.warmup_steps, eval_every=self.eval_every, seed=seed)
 
-    def settings(self) -> list[tuple[str, float, dict[str, Any]]]:
-        """Every run of one seed, in order: (method, learning rate, keyword arguments of `run_method`)."""
-        return ([("naive", self.learning_rate, {}), ("lower lr", self.lower_learning_rate, {})]
+    def settings(self, methods: Sequence[str] | None = None) -> list[tuple[str, float, dict[str, Any]]]:
+        """Every run of one seed, in order: (method, learning rate, keyword arguments of `run_method`); only those of
+        `methods` when given (a claim that needs more seeds runs just the methods it compares)."""
+        runs = ([("naive", self.learning_rate, {}), ("lower lr", self.lower_learning_rate, {})]
                 + [("rehearsal", self.learning_rate, {"ratio": r}) for r in self.ratios]
                 + [("ewc", self.learning_rate, {"ewc_lambda": v}) for v in self.lambdas]
                 + [("lora", self.lora_learning_rate, {"lora_r": self.lora_r, "lora_mlp": mlp}) for mlp in (False, True)])
+        if methods is None:
+            return runs
+        unknown = sorted(set(methods) - set(METHODS))
+        if unknown:
+            raise ForgettingError(f"ForgettingStudyConfig.settings: unknown methods {unknown}; choose from {METHODS}")
+        return [run for run in runs if run[0] in methods]
 
 
 def run_study(base_model, tokenizer, data: ForgettingData, study: ForgettingStudyConfig, seed: int,
-              probe_texts: Sequence[str] = ()) -> tuple[list[dict[str, Any]], dict[str, float], dict]:
-    """Every setting of `study` on one seed's `data`: returns (curves, the base model's measured row, the Fisher).
+              probe_texts: Sequence[str] = (), methods: Sequence[str] | None = None
+              ) -> tuple[list[dict[str, Any]], dict[str, float], dict | None]:
+    """Every setting of `study` on one seed's `data` (only `methods`' when given): returns (curves, the base model's
+    measured row, the Fisher, None when EWC is not run).
 
     Old-fact recall is measured on the seed's validation and test people, new-fact recall on its taught people,
-    perplexity on `probe_texts`. Rehearsal replays, and the Fisher is estimated on, `data.replay` only.
+    perplexity on `probe_texts`. Rehearsal replays, and the Fisher is estimated on, `data.replay` only. When
+    rehearsal runs, its control runs too: the same share of replay, at the share chosen on this seed's validation
+    people, drawn from `data.unrelated` (text that names no person: `run_method("unrelated replay")`).
     """
     from tqdm.auto import tqdm
 
     measure = knowledge_probe(tokenizer, data.test_people, data.new_people, list(probe_texts),
                               val_people=data.val_people)
     base_row = measure(base_model)
-    fisher = fisher_diagonal(base_model, tokenize_texts(tokenizer, data.fisher_texts(study.n_fisher, seed)),
-                             mode="sampled", seed=seed)
+    settings = study.settings(methods)
+    fisher = None
+    if any(method == "ewc" for method, _, _ in settings):
+        fisher = fisher_diagonal(base_model, tokenize_texts(tokenizer, data.fisher_texts(study.n_fisher, seed)),
+                                 mode="sampled", seed=seed)
     curves: list[dict[str, Any]] = []
-    for method, lr, kwargs in tqdm(study.settings(), desc=f"seed {seed}", leave=False):
+    for method, lr, kwargs in tqdm(settings, desc=f"seed {seed}", leave=False):
         curves += run_method(base_model, tokenizer, method, data.new_texts, measure, study.run_config(lr, seed),
                              old_texts=data.replay, fisher=fisher, start=base_row, **kwargs)
+    if any(method == "rehearsal" for method, _, _ in settings):
+        chosen = choose_on_validation(summarise(curves, study.target, base_row["old_recall"]), "rehearsal")[seed]
+        ratio = dict(zip((f"{r:.0%} old" for r in study.ratios), study.ratios))[chosen]
+        curves += run_method(base_model, tokenizer, "unrelated replay", data.new_texts, measure,
+                             study.run_config(study.learning_rate, seed), old_texts=data.unrelated, ratio=ratio,
+                             start=base_row)
     return curves, base_row, fisher
 
 
@@ -326,7 +347,7 @@ def value_at(history: Sequence[Mapping[str, float]], x_key: str, x: float, y_key
     return float("nan")
 
 
-METHODS = ("naive", "lower lr", "rehearsal", "ewc", "lora")
+METHODS = ("naive", "lower lr", "rehearsal", "ewc", "lora", "unrelated replay")
 
 
 def run_method(base_model, tokenizer, method: str, new_texts: Sequence[str], measure: Callable[[Any], dict[str, float]],
@@ -342,7 +363,10 @@ def run_method(base_model, tokenizer, method: str, new_texts: Sequence[str], mea
       `old_texts` must not hold anything about the people you judge on (`world.replay_texts`);
     - "ewc": full fine-tuning with the EWC penalty (`fisher` from `fisher_diagonal`, anchored at the base weights);
     - "lora": a LoRA adapter of rank `lora_r` on the attention matrices, and on the MLP too with `lora_mlp=True`
-      (`peft_methods.apply_lora`).
+      (`peft_methods.apply_lora`);
+    - "unrelated replay": rehearsal's control, the same mixing with `old_texts` that hold no old fact (pass
+      `ForgettingData.unrelated`): it spends the same share of every batch on replay, so it slows learning and
+      dilutes the new data as rehearsal does, but it cannot remind the model of any fact.
     Every row carries method, setting, lr and seed, so curves of many runs concatenate into one table.
     """
     import copy
@@ -351,9 +375,9 @@ def run_method(base_model, tokenizer, method: str, new_texts: Sequence[str], mea
         raise ForgettingError(f"unknown method {method!r}; choose one of {METHODS}")
     model, texts, ewc = copy.deepcopy(base_model), list(new_texts), None
     setting = ""
-    if method == "rehearsal":
+    if method in ("rehearsal", "unrelated replay"):
         texts = rehearsal_set(texts, old_texts, ratio, config.seed, config.steps, config.batch_size)
-        setting = f"{ratio:.0%} old"
+        setting = f"{ratio:.0%} old" if method == "rehearsal" else f"{ratio:.0%} unrelated"
     elif method == "ewc":
         if fisher is None:
             raise ForgettingError("run_method('ewc'): pass the Fisher of the original data (fisher_diagonal)")
@@ -402,6 +426,8 @@ class ForgettingData:
     - `replay`: the pretraining texts a mitigation may train on (rehearsal) or estimate its Fisher on (EWC): generic
       text and biographies of seen people who are *not* probed (`world.replay_texts`). Replaying a probed
       person's biography would re-teach the very fact the test asks for.
+    - `unrelated`: the texts of `replay` that name no person (generic text about towns and companies): what
+      rehearsal's control replays. It holds no fact about anyone, so what it keeps is not remembering.
     """
 
     new_people: list
@@ -409,12 +435,29 @@ class ForgettingData:
     test_people: list
     new_texts: list[str]
     replay: list[str]
+    unrelated: list[str] = field(default_factory=list)
 
     def fisher_texts(self, n: int, seed: int) -> list[str]:
         """A seeded sample of `n` replayable texts: what the EWC Fisher is estimated on."""
         if not 0 < n <= len(self.replay):
             raise ForgettingError(f"fisher_texts: n must be in [1, {len(self.replay)}] (the replay pool), got {n}")
         return random.Random(seed).sample(self.replay, n)
+
+
+def texts_naming(texts: Sequence[str], people) -> list[str]:
+    """The texts that name any of `people` (Person objects or full names), matched as whole names.
+
+    A surname alone is not a person: two people of the world carry a city as their surname (Wren Dunmore, Celia
+    Ashdale), and a sentence about the town of Dunmore says nothing about Wren. So the check looks for the full
+    name as whole words ("Wren Dunmore", not "Dunmore", and not "Wren Dunmores").
+    """
+    import re
+
+    names = sorted({p if isinstance(p, str) else p.name for p in people})
+    if not names:
+        return []
+    pattern = re.compile(r"\b(?:" + "|".join(re.escape(n) for n in names) + r")\b")
+    return [t for t in texts if pattern.search(t)]
 
 
 def forgetting_data(world: World, n_new: int, n_val: int, n_test: int, seed: int) -> ForgettingData:
@@ -426,8 +469,11 @@ def forgetting_data(world: World, n_new: int, n_val: int, n_test: int, seed: int
     new_people, val_people, test_people = sample.heldout, sample.seen[:n_val], sample.seen[n_val:]
     taught = {p.name for p in new_people}
     new_texts = [r["text"] for r in heldout_bios(world) if r["person"] in taught]
-    return ForgettingData(new_people, val_people, test_people, new_texts,
-                          replay_texts(world, val_people + test_people))
+    replay = replay_texts(world, val_people + test_people)
+    people = list(world.seen) + list(world.heldout)
+    named = set(texts_naming(replay, people))
+    return ForgettingData(new_people, val_people, test_people, new_texts, replay,
+                          [t for t in replay if t not in named])
 
 
 def choose_on_validation(summary: "pd.DataFrame", method: str, key: str = "val_old_recall@target") -> dict[Any, str]:
@@ -488,20 +534,50 @@ def matched_gain(summary: "pd.DataFrame", method: str, setting_by_seed: Mapping[
     return {seed: float(base[seed] - run[seed]) for seed in base}
 
 
-def at_its_learning(curves: Sequence[Mapping[str, Any]], method: str, setting: str, reference: str = "naive",
+def kept_more_at_common_learning(curves: Sequence[Mapping[str, Any]], method: str, setting: Mapping[Any, str] | str,
+                                 reference: str, reference_setting: Mapping[Any, str] | str, target: float,
+                                 x_key: str = "new_recall", y_key: str = "old_recall") -> dict[Any, float]:
+    """Per seed: `method`'s old recall minus `reference`'s, both read where their new recall first reached the same
+    level: `target`, or, when one of the two runs never got that far, the highest new recall both reached.
+
+    When both reach `target` this is exactly forgot@target(reference) - forgot@target(method). A control that
+    learns slower than the target allows still gets a value, read at a level both runs reached, instead of none.
+    Settings are one for every seed, or per seed (as `choose_on_validation` returns them)."""
+    import pandas as pd
+
+    df = pd.DataFrame(list(curves))
+    out = {}
+    for seed in df["seed"].unique():
+        runs = []
+        for m, st in ((method, setting), (reference, reference_setting)):
+            pick = st if isinstance(st, str) else st[seed]
+            run = df[(df.method == m) & (df.setting == pick) & (df.seed == seed)].sort_values("step")
+            if run.empty:
+                raise ForgettingError(f"kept_more_at_common_learning: no {m} ({pick!r}) run in seed {seed}")
+            runs.append(run.to_dict("records"))
+        level = min(target, *(max(r[x_key] for r in run) for run in runs))
+        mine, ref = (value_at(run, x_key, level, y_key) for run in runs)
+        out[seed] = float(mine - ref)
+    return out
+
+
+def at_its_learning(curves: Sequence[Mapping[str, Any]], method: str, setting: Mapping[Any, str] | str,
+                    reference: str = "naive",
                     x_key: str = "new_recall", y_key: str = "old_recall") -> "pd.DataFrame":
     """Matched learning the other way round, for a method that never reaches the target (LoRA here): per seed,
     where the run ended (its final `x_key`, its final `y_key`) and the `reference` run's `y_key` when it first
-    reached that same `x_key` (`value_at`). `kept more` > 0: the method kept more old facts at equal learning."""
+    reached that same `x_key` (`value_at`). `kept more` > 0: the method kept more old facts at equal learning.
+    `setting` is one for every seed, or per seed (as `choose_on_validation` returns it)."""
     import pandas as pd
 
     df = pd.DataFrame(list(curves))
     rows = []
     for seed in df["seed"].unique():
-        run = df[(df.method == method) & (df.setting == setting) & (df.seed == seed)].sort_values("step")
+        pick = setting if isinstance(setting, str) else setting[seed]
+        run = df[(df.method == method) & (df.setting == pick) & (df.seed == seed)].sort_values("step")
         ref = df[(df.method == reference) & (df.seed == seed)].sort_values("step")
         if run.empty or ref.empty:
-            raise ForgettingError(f"at_its_learning: no {method} ({setting}) or {reference} run in seed {seed}")
+            raise ForgettingError(f"at_its_learning: no {method} ({pick}) or {reference} run in seed {seed}")
         end = run.iloc[-1]
         ref_y = value_at(ref.to_dict("records"), x_key, float(end[x_key]), y_key)
         rows.append({"seed": seed, f"final {x_key}": float(end[x_key]), f"final {y_key}": float(end[y_key]),

@@ -203,9 +203,7 @@ def test_the_replay_pool_and_the_fisher_data_never_hold_a_probed_person():
     new, val, test = ({p.name for p in g} for g in (data.new_people, data.val_people, data.test_people))
     assert len(new) == 16 and len(val) == 20 and len(test) == 30 and not (new & val or new & test or val & test)
     surname = lambda name: name.split()[1]  # noqa: E731  (surnames are unique per person, first names repeat)
-    probed = {surname(n) for n in val | test}
-    for text in data.replay + data.fisher_texts(100, seed=3):
-        assert not any(s in text for s in probed), f"a probed person is replayed: {text}"
+    assert F.texts_naming(data.replay + data.fisher_texts(100, seed=3), val | test) == []
     corpus = W.pretraining_corpus(world)
     # everything else is still there: generic text and the biographies of the seen people nobody probes
     assert len(data.replay) == len(corpus) - world.config.bios_per_person * (len(val) + len(test))
@@ -217,7 +215,7 @@ def test_the_replay_pool_and_the_fisher_data_never_hold_a_probed_person():
     assert all(surname(p.name) in " ".join(data.new_texts) for p in data.new_people)
     # a rehearsal run's training set draws its old texts from that pool only
     mixed = F.rehearsal_set(data.new_texts, data.replay, 0.5, seed=0, steps=20, batch_size=8)
-    assert not any(s in t for s in probed for t in mixed)
+    assert F.texts_naming(mixed, val | test) == []
     with pytest.raises(W.WorldError, match="name the probed people"):
         W.replay_texts(world, [])
     with pytest.raises(F.ForgettingError, match="fisher_texts: n must be"):
@@ -270,3 +268,75 @@ def test_at_its_learning_reads_the_reference_where_the_method_ended():
     assert row["kept more"] == pytest.approx(-0.1)
     with pytest.raises(F.ForgettingError, match="no lora"):
         F.at_its_learning(curves, "lora", "attention + MLP, r=8")
+
+
+def test_texts_naming_matches_whole_names_not_a_surname_that_is_also_a_town():
+    """Wren Dunmore's surname is a city: a sentence about the town of Dunmore does not name her (issue 35)."""
+    from course_utils import world as W
+
+    world = W.make_world()
+    wren = next(p for p in world.seen + world.heldout if p.name == "Wren Dunmore")
+    texts = ["The market in Dunmore opens at dawn.", "Wren Dunmore was born in Veltra.",
+             "Wren Dunmore's job is baker.", "Wren Dunmores are rare.", "Dunmore, Wren: not the name as written."]
+    assert F.texts_naming(texts, [wren]) == texts[1:3]
+    assert F.texts_naming(texts, ["Celia Ashdale"]) == [] and F.texts_naming(texts, []) == []
+    # in the world's own corpus, whole-name matching finds exactly her biographies
+    corpus = W.pretraining_corpus(world)
+    named = F.texts_naming([r["text"] for r in corpus], [wren])
+    assert named == [r["text"] for r in corpus if r["person"] == wren.name]
+    assert len(named) < sum("Dunmore" in r["text"] for r in corpus)  # the surname alone over-matches
+
+
+def test_unrelated_replay_names_no_one_and_study_settings_filter_by_method(tokenizer):
+    """Rehearsal's control replays the pool's texts that name no person, mixed exactly as rehearsal mixes (issue 35)."""
+    from course_utils import world as W
+
+    world = W.make_world()
+    data = F.forgetting_data(world, n_new=16, n_val=20, n_test=30, seed=3)
+    assert data.unrelated and set(data.unrelated) <= set(data.replay)
+    assert F.texts_naming(data.unrelated, list(world.seen) + list(world.heldout)) == []
+    generic = {r["text"] for r in W.pretraining_corpus(world) if r["kind"] == "generic"}
+    assert set(data.unrelated) == generic  # every generic sentence, and nothing about anyone
+    study = F.ForgettingStudyConfig()
+    assert [m for m, _, _ in study.settings(["naive", "rehearsal"])] == ["naive", "rehearsal", "rehearsal", "rehearsal"]
+    assert len(study.settings()) == 10
+    with pytest.raises(F.ForgettingError, match="unknown methods"):
+        study.settings(["dropout"])
+    base = small_model(tokenizer)
+    measure = lambda m: {"new_recall": 0.0, "old_recall": 1.0}  # noqa: E731
+    cfg = F.RunConfig(steps=2, batch_size=2, eval_every=2, learning_rate=1e-2)
+    rows = F.run_method(base, tokenizer, "unrelated replay", ["a b c", "d e f"], measure, cfg, old_texts=["x y z"],
+                        ratio=0.25)
+    assert {(r["method"], r["setting"]) for r in rows} == {("unrelated replay", "25% unrelated")}
+
+
+def test_at_its_learning_takes_a_setting_per_seed():
+    def curve(method, setting, seed, points):
+        return [{"method": method, "setting": setting, "lr": 1e-3, "seed": seed, "step": 10 * i, "new_recall": n,
+                 "old_recall": o} for i, (n, o) in enumerate(points)]
+
+    naive = [(0.0, 1.0), (0.4, 0.6), (0.8, 0.5)]
+    curves = (curve("naive", "", 0, naive) + curve("naive", "", 1, naive)
+              + curve("ewc", "lambda=10", 0, [(0.0, 1.0), (0.4, 0.9)]) + curve("ewc", "lambda=100", 0, [(0.0, 1.0)])
+              + curve("ewc", "lambda=100", 1, [(0.0, 1.0), (0.4, 0.7)]))
+    table = F.at_its_learning(curves, "ewc", {0: "lambda=10", 1: "lambda=100"})
+    assert table["kept more"].to_dict() == pytest.approx({0: 0.3, 1: 0.1})
+
+
+def test_kept_more_at_common_learning_reads_both_runs_at_a_level_both_reached():
+    """At the target when both runs reach it (forgot@target of the reference minus the method's); else at the highest
+    new recall both reached, so a control that learns too slowly still gets a value (issue 35: seed 6)."""
+    def curve(method, setting, points):
+        return [{"method": method, "setting": setting, "lr": 1e-3, "seed": 0, "step": 10 * i, "new_recall": n,
+                 "old_recall": o} for i, (n, o) in enumerate(points)]
+
+    rehearsal = curve("rehearsal", "50% old", [(0.0, 1.0), (0.4, 0.9), (0.8, 0.8)])
+    fast = curve("unrelated replay", "50% unrelated", [(0.0, 1.0), (0.4, 0.8), (0.8, 0.6)])
+    slow = curve("unrelated replay", "50% unrelated", [(0.0, 1.0), (0.3, 0.8), (0.5, 0.7)])
+    both = F.kept_more_at_common_learning(rehearsal + fast, "rehearsal", {0: "50% old"}, "unrelated replay",
+                                          "50% unrelated", 0.6)
+    assert both == pytest.approx({0: 0.85 - 0.7})
+    assert F.kept_more_at_common_learning(rehearsal + slow, "rehearsal", "50% old", "unrelated replay",
+                                          {0: "50% unrelated"}, 0.6) == pytest.approx({0: 0.875 - 0.7})
+    with pytest.raises(F.ForgettingError, match="no naive"):
+        F.kept_more_at_common_learning(rehearsal, "naive", "", "rehearsal", "50% old", 0.6)
