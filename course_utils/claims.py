@@ -339,12 +339,6 @@ def control_misbehaves(claim: Claim, control: Judged) -> bool:
     return control.verdict == ruled_out
 
 
-def _judged_text(j: Judged) -> str:
-    if j.verdict == "not measured":
-        return "not measured"
-    return interval_text(j.mean, j.low, j.high) + (f" ({ONE_MEASUREMENT})" if j.held_in == ONE_MEASUREMENT else "")
-
-
 def verdicts(claims: Sequence[Claim], measured: Mapping[str, Any], controls: Mapping[str, Any] | None = None,
              default_seeds: bool | None = None) -> pd.DataFrame:
     """One row per claim: per-seed values, mean and 95 % interval, seeds held (k of n), the control's value and
@@ -367,7 +361,9 @@ def verdicts(claims: Sequence[Claim], measured: Mapping[str, Any], controls: Map
             if c.name not in controls:
                 raise ClaimError(f"verdicts: no control value for claim {c.name!r} (declared control: {c.control})")
             control = judge(c, _values(c.name, controls[c.name], " (control)"))
-            control_shown = f"{_judged_text(control)}: {control.verdict}"
+            shown = _row_interval({"mean": control.mean, "95% low": control.low, "95% high": control.high,
+                                   "held in": control.held_in})
+            control_shown = f"{shown}: {control.verdict}"
             if control_misbehaves(c, control) and verdict != "not measured":
                 verdict = "cannot tell"
         expected = VERDICTS[c.expect]
@@ -449,6 +445,8 @@ def mean_ci(values) -> str:
 
 
 def _row_interval(row: Mapping[str, Any]) -> str:
+    """A verdict row's (or a judged control's) mean and interval as `interval_text` writes them, 'one measurement'
+    where it is one, 'not measured' where there is no value."""
     mean, low, high = (row.get(k) for k in ("mean", "95% low", "95% high"))
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "not measured"

@@ -26,7 +26,7 @@ import torch
 from transformers import TrainerCallback
 
 from course_utils import zoo
-from course_utils.claims import interval_text, t_interval
+from course_utils.claims import interval_text, interval_verdict, t_interval
 from course_utils.config import CourseConfig
 from course_utils.errors import CourseError, check_rate
 from course_utils.evaluate import generate
@@ -485,9 +485,9 @@ def sign_sentence(effect: str, values: Mapping[Any, float] | Sequence[float]) ->
     numbers = list(values.values()) if isinstance(values, Mapping) else list(values)
     mean, low, high = t_interval(numbers)
     positive = sum(v > 0 for v in numbers)
-    if low > 0:
+    if interval_verdict(">", 0.0, low, high) == "held":
         reading = "the whole interval lies above 0: positive on these seeds, not a matter of the seed"
-    elif high < 0:
+    elif interval_verdict("<", 0.0, low, high) == "held":
         reading = "the whole interval lies below 0: negative on these seeds, not a matter of the seed"
     else:
         reading = "the interval straddles 0: its sign is not settled by these seeds"
