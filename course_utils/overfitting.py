@@ -30,6 +30,7 @@ from course_utils.claims import interval_text, interval_verdict, t_interval
 from course_utils.config import CourseConfig
 from course_utils.errors import CourseError, check_rate
 from course_utils.evaluate import generate
+from course_utils.parallel import run_in_processes
 from course_utils.peft_methods import apply_lora
 from course_utils.profiles import seed_everything
 from course_utils.train import causal_collator, quiet, tokenize_prompt_completion, with_finite_guard
@@ -419,6 +420,52 @@ def rerun_curves(family: str, task: BioTask, tokenizer, config: OverfitConfig = 
     trainer = train_setting(Setting("no mitigation, rerun"), family, task.dataset(tokenizer, task.train),
                             task.dataset(tokenizer, task.val), causal_collator(tokenizer), rerun)
     return loss_curves(trainer)
+
+
+STUDY_PARTS = ("stopping rules and rerun", "regularisers")  # one seed's runs in two halves of about equal cost
+
+
+def study_seed(family: str, world, tokenizer, seed: int, regularisers: Sequence[Setting], profile: str = "cpu",
+               part: str | None = None, sizes: tuple[int, int, int] = (32, 32, 48), epochs: int = 12,
+               batch_size: int = 8, patience: int = 2) -> tuple[list[dict[str, Any]], dict[str, list]]:
+    """Everything lesson 05 trains in one seed (or one of its `STUDY_PARTS`): the no-mitigation run read by the
+    stopping rules and the model after one epoch, its rerun with another data order, and each of `regularisers`.
+
+    Returns (rows tagged with the seed, {setting: per-epoch curves}). The seed draws the people (`bio_task` with
+    `sizes` = train, validation, test) and every run's initialisation and data order, so a part computes the same
+    numbers wherever it runs (`parallel.run_in_processes` spreads seeds and parts over the free cores).
+    """
+    if part is not None and part not in STUDY_PARTS:
+        raise OverfitError(f"study_seed: unknown part {part!r}; choose from {STUDY_PARTS}")
+    task = bio_task(world, *sizes, seed=seed)
+    config = OverfitConfig.for_profile(profile, epochs=epochs, batch_size=batch_size, seed=seed)
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, list] = {}
+    if part in (None, STUDY_PARTS[0]):
+        kept_rows, curves["no mitigation"] = stopping_rules(family, task, tokenizer, config, patience=patience,
+                                                            also_epochs={"after one epoch": 1})
+        curves["no mitigation, rerun"] = rerun_curves(family, task, tokenizer, config)
+        rows += [dict(r, seed=seed) for r in kept_rows]
+    if part in (None, STUDY_PARTS[1]):
+        for setting in regularisers:
+            row, curves[setting.name], _ = run_setting(setting, family, task, tokenizer, config)
+            rows.append(dict(row, seed=seed))
+    return rows, curves
+
+
+def run_studies(family: str, world, tokenizer, seeds: Sequence[int], regularisers: Sequence[Setting],
+                profile: str = "cpu", workers: int | None = None) -> tuple[list[dict[str, Any]], dict[int, dict]]:
+    """`study_seed` for every seed, in its two `STUDY_PARTS`, side by side on the free cores
+    (`parallel.run_in_processes`); returns (every row, {seed: {setting: curves}})."""
+    tasks = [(family, world, tokenizer, seed, tuple(regularisers), profile, part)
+             for seed in seeds for part in STUDY_PARTS]
+    rows: list[dict[str, Any]] = []
+    curves: dict[int, dict] = {seed: {} for seed in seeds}
+    for task, (part_rows, part_curves) in zip(tasks, run_in_processes(study_seed, tasks, workers,
+                                                                      desc="seeds, two halves each")):
+        rows += part_rows
+        curves[task[3]].update(part_curves)
+    return rows, curves
 
 
 def rerun_noise(curves: Sequence[Mapping[str, float]], rerun: Sequence[Mapping[str, float]]) -> float:
