@@ -50,6 +50,15 @@ PARAPHRASES: dict[str, str] = {
     "employer": "Where does {name} work?",
     "hobby": "How does {name} spend free time?",
 }
+# The same four questions with the person named first: the name in another position than in any training question.
+NAME_FIRST: dict[str, str] = {
+    "birth_city": "{name} comes from which town?",
+    "profession": "{name} has which profession?",
+    "employer": "{name} is on the staff of which company?",
+    "hobby": "{name} has which hobby?",
+}
+HELD_OUT_QUESTIONS = {"name last": PARAPHRASES, "name first": NAME_FIRST}
+"""Wordings no training row uses: recall through them is knowledge of the fact, not recall of a trained string."""
 
 LIBRARY_CALLS = {
     "transformers:Trainer.__init__": ["model", "args", "train_dataset", "data_collator", "callbacks"],
@@ -250,6 +259,19 @@ def bio_recall(model, tokenizer, people: Sequence[Person]) -> dict[str, float]:
             for attr in ATTRIBUTES}
 
 
+def held_out_recall(model, tokenizer, people: Sequence[Person]) -> float:
+    """New-fact recall through questions no training row uses (`HELD_OUT_QUESTIONS`: two rewordings, one with the
+    person named first), the mean over both wordings and the four attributes. Chance is 1/12. A model that only
+    memorised the trained question strings scores near chance here; one that learned the fact does not."""
+    return sum(mean_recall(answer_recall(model, tokenizer, people, questions=q))
+               for q in HELD_OUT_QUESTIONS.values()) / len(HELD_OUT_QUESTIONS)
+
+
+def held_out_rows(people: Sequence[Person]) -> list[dict]:
+    """`qa_rows` for `people` asked in every held-out wording (`HELD_OUT_QUESTIONS`), for graded greedy answers."""
+    return [r for q in HELD_OUT_QUESTIONS.values() for r in qa_rows(people, questions=q)]
+
+
 def mean_recall(recall: dict[str, float]) -> float:
     """The mean over attributes of a recall dict ({attribute: recall})."""
     if not recall:
@@ -353,6 +375,27 @@ stop and stopping (EOS) are *format*."""
 def base_qa_texts(people: Sequence[Person], attributes: Sequence[str] | None = None) -> list[str]:
     """Plain question-answer text in the base's own style (`BASE_QA`): "Q: Where was X born?\\nA: Veltra."."""
     return [BASE_QA.format(question=r["question"], value=r["value"]) for r in qa_rows(people, attributes)]
+
+
+def shifted_kind_excess(table, kinds: Sequence[str] = ("style", "format")) -> float:
+    """How much more often the *shifted* answer tokens are of `kinds` than answer tokens overall.
+
+    `table` is an `shift.answer_shift` table with a `kind` column (`ROLE_KIND`). If tuning shifted tokens at random,
+    the shifted ones would be of `kinds` exactly as often as all tokens are, so the null of this number is 0: a
+    positive value says the shifts fall on those kinds more than chance would put them there. (Without a shifted
+    token there is nothing to compare: 0.)"""
+    shifted = table[table["shift_class"] == "shifted"]
+    if len(table) == 0 or len(shifted) == 0:
+        return 0.0
+    return float(shifted["kind"].isin(kinds).mean() - table["kind"].isin(kinds).mean())
+
+
+def answer_style_texts(people: Sequence[Person]) -> list[str]:
+    """The instruction answers about `people`, each after the question in the base's own format, exactly as
+    `shift.answer_shift(..., base_prompts=...)` lets the base read them ("Q: Where was X born?\nA:X was born in
+    Veltra."). A base continued on these has read the tuned model's wording: the setting where most answer tokens
+    *can* be the base's own choice (the positive control of Lin et al.'s unshifted share)."""
+    return [BASE_QA.format(question=r["question"], value="").rstrip(" .") + r["answer"] for r in qa_rows(people)]
 
 
 def base_answer_recall(model, tokenizer, people: Sequence[Person]) -> dict[str, float]:

@@ -177,3 +177,24 @@ def test_grading_keeps_the_format_apart_from_restating_the_right_name(monkeypatc
     assert [g["asked_person"] for g in graded] == [False, True, True, False, False]
     assert [g["correct"] for g in graded] == [True, True, False, False, False]
     assert I.format_quality(graded) == 0.6 and I.correct_rate(graded) == 0.4
+
+
+def test_held_out_wordings_and_the_shift_null():
+    import pandas as pd
+
+    world = W.make_world()
+    people = world.heldout[:2]
+    trained = {r["question"] for r in I.qa_rows(people)}
+    held = I.held_out_rows(people)
+    assert len(held) == 2 * len(I.qa_rows(people)) and not trained & {r["question"] for r in held}
+    assert all(r["question"].startswith(r["person"]) for r in I.qa_rows(people, questions=I.NAME_FIRST))
+    texts = I.answer_style_texts(people[:1])
+    assert texts[0].startswith("Q: ") and "\nA:" + people[0].name in texts[0] and texts[0].endswith(".")
+    # Shifts spread at random over the kinds: excess 0; shifts only on style: excess = the share of other kinds.
+    table = pd.DataFrame({"kind": ["style", "fact", "style", "fact"],
+                          "shift_class": ["shifted", "shifted", "unshifted", "unshifted"]})
+    assert I.shifted_kind_excess(table) == 0.0
+    table["shift_class"] = ["shifted", "unshifted", "shifted", "unshifted"]
+    assert I.shifted_kind_excess(table) == 0.5
+    table["shift_class"] = "unshifted"
+    assert I.shifted_kind_excess(table) == 0.0
