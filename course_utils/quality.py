@@ -42,12 +42,13 @@ from course_utils.config import CourseConfig
 from course_utils import world as W
 from course_utils.data import DataError
 from course_utils.errors import check_count, check_rate, check_rows
+from course_utils.parallel import run_in_processes
 from course_utils.profiles import seed_everything
 from course_utils.train import quiet_output
 
 
 LIBRARY_CALLS = {
-    "cleanlab.filter:find_label_issues": ["labels", "pred_probs", "filter_by"],
+    "cleanlab.filter:find_label_issues": ["labels", "pred_probs", "filter_by", "n_jobs"],
     "sklearn.feature_extraction.text:CountVectorizer": ["analyzer", "ngram_range", "binary", "lowercase"],
     "sklearn.linear_model:LogisticRegression": ["C", "max_iter"],
     "sklearn.model_selection:StratifiedKFold": ["n_splits", "shuffle", "random_state"],
@@ -490,7 +491,10 @@ def find_label_issues(rows: Sequence[dict[str, Any]], pred_probs: np.ndarray, la
     if probs.ndim != 2 or probs.shape[0] != len(rows):
         raise QualityError(f"find_label_issues: pred_probs has shape {probs.shape}, expected ({len(rows)}, classes)")
     labels = np.array([int(r[label_key]) for r in rows])
-    return cl_find_label_issues(labels=labels, pred_probs=probs, filter_by=filter_by)
+    # n_jobs=1: cleanlab's own process pool shares its arrays through module globals that only a forked child
+    # sees; inside a lesson's spawned worker (`parallel.run_in_processes`) it fails, and on a few hundred rows
+    # one process is as fast. The flagged rows are the same either way.
+    return cl_find_label_issues(labels=labels, pred_probs=probs, filter_by=filter_by, n_jobs=1)
 
 
 def drop_label_issues(rows: Sequence[dict[str, Any]], n_folds: int = 5, seed: int = 0, text_key: str = "text",
@@ -896,3 +900,22 @@ def study_seed(world, seed: int, config: QualityStudyConfig = QualityStudyConfig
     tag = lambda table: [dict(r, seed=seed) for r in table]  # noqa: E731
     return {"accuracy": tag(accuracy), "detector": tag(detector), "junk": tag(junk_caught(reports[0], corrupted)),
             "idea junk": tag(idea_junk), "steps": tag(removal_table(reports))}
+
+
+def run_studies(world, seeds: Sequence[int], config: QualityStudyConfig = QualityStudyConfig(),
+                extra_seeds: Sequence[int] = (), extra_sets: Sequence[str] = ("corrupted", "cleaned (all steps)"),
+                workers: int | None = None) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """`study_seed` for every seed of `seeds` (everything) and of `extra_seeds` (only `extra_sets`: the seeds one
+    claim needs beyond the lesson's), side by side on the free cores (`parallel.run_in_processes`).
+
+    Returns ({table: rows over `seeds`}, the accuracy rows of `extra_seeds`). Every seed draws its own task,
+    corruption, folds and fine-tuning, so the numbers do not depend on where a seed ran."""
+    tasks = ([(world, seed, config) for seed in seeds]
+             + [(world, seed, config, tuple(extra_sets)) for seed in extra_seeds])
+    outputs = run_in_processes(study_seed, tasks, workers, desc="seeds")
+    results: dict[str, list[dict[str, Any]]] = {}
+    for output in outputs[:len(seeds)]:
+        for key, rows in output.items():
+            results.setdefault(key, []).extend(rows)
+    more = [row for output in outputs[len(seeds):] for row in output["accuracy"]]
+    return results, more
