@@ -379,6 +379,23 @@ def check_gpu_profile() -> tuple[str, float]:
     return props.name, props.total_memory / 2**30
 
 
+# Lesson tables carry sentences (a claim's test with its threshold, a published figure, a control's verdict) and up
+# to a few hundred rows (the capstone's scoreboard): pandas' defaults cut a cell at 50 characters with "..." and
+# hide the middle rows past 60, which hides exactly the words a reader came for.
+TABLE_ROWS_SHOWN = 500
+
+
+def show_whole_tables() -> None:
+    """Show every table whole: no cell cut to "...", every row up to `TABLE_ROWS_SHOWN`, long text wrapped."""
+    import pandas as pd
+
+    pd.set_option("display.max_colwidth", None)
+    pd.set_option("display.max_rows", TABLE_ROWS_SHOWN)
+    pd.set_option("display.min_rows", TABLE_ROWS_SHOWN)
+    pd.set_option("display.max_columns", None)
+    pd.set_option("display.width", 120)
+
+
 def setup(profile: str | None = None, seed: int | None = None, quiet: bool = False, seeds=None) -> Environment:
     """Choose the profile and device, pick the lesson's seeds, seed everything with the first, set offline mode
     in the cpu profile, keep torch's threads within the machine's cores, and print a report.
@@ -400,6 +417,7 @@ def setup(profile: str | None = None, seed: int | None = None, quiet: bool = Fal
     seed_everything(seed)
     hf_logging.set_verbosity_error()  # keep notebooks readable: no config chatter, errors still raise
     hf_logging.disable_progress_bar()  # no "Loading weights" bars for a 1 M-parameter model
+    show_whole_tables()
     env = Environment(profile=chosen, device=device, seed=seed,
                       offline=chosen == "cpu" or env_text("HF_HUB_OFFLINE") == "1", threads=configure_threads(), seeds=chosen_seeds,
                       versions={name: package_version(name) for name in REPORTED_PACKAGES},
