@@ -27,39 +27,53 @@ class LessonRecipe:
     - `align`: SFT on the aligning data (helpful answers plus refusals);
     - `benign` / `harmful`: the two breaks, with the aligning recipe, as Qi et al. ran them: one epoch of a benign
       task, and 10 harmful examples for 5 epochs;
-    - `dpo`: beta 0.1 (Rafailov et al.) at the rate a validation sweep chose (`run_pref_sweep`);
-    - `reward` and `grpo`: the reward model (a fresh one-output head) and the RL step.
+    - `dpo`: DPO + NLL, beta 0.1 (Rafailov et al.), at the rate a validation sweep chose for it (`run_pref_sweep`);
+    - `plain_dpo`: plain DPO, the same settings at the rate the same sweep chose for *it*: every method compared
+      at its own validated rate;
+    - `reward` and `grpo`: the reward model (a fresh one-output head) and the RL step, at plain DPO's rate (the
+      rate of a preference step that keeps the model's language; at DPO + NLL's rate GRPO wrecks it);
+    - `partial`: a partly broken checkpoint (the first quarter of the benign epoch), which still samples refusals:
+      where GRPO has something to reinforce (its positive control).
     """
 
     align: AlignConfig
     benign: AlignConfig
     harmful: AlignConfig
     dpo: AlignConfig
+    plain_dpo: AlignConfig
     reward: AlignConfig
     grpo: RLConfig
+    partial: AlignConfig
     helpful_rows: int = 240
     benign_rows: int = 400
     harmful_rows: int = 10
 
 
-def lesson_recipe(profile: str | None = None, pref_rate: float | None = None) -> LessonRecipe:
+def lesson_recipe(profile: str | None = None, pref_rate: float | None = None,
+                  plain_rate: float | None = None) -> LessonRecipe:
     """The settings lesson 08 runs with: the tiny Q/A base (cpu) or Qwen2-0.5B-Instruct (gpu, the published
-    rates: SFT 1e-5, DPO 5e-7). The cpu profile's rate for DPO and GRPO is the one the shipped validation sweep
-    chose (`read_pref_sweep`), unless `pref_rate` is given."""
+    rates: SFT 1e-5, DPO 5e-7). On the cpu profile DPO + NLL and plain DPO each run at the rate the shipped
+    validation sweep chose for that method (`read_pref_sweep`), unless `pref_rate` / `plain_rate` is given."""
     from dataclasses import replace
 
     cpu = choose_profile(profile) == "cpu"
     lr = 2e-3 if cpu else 1e-5
-    pref = pref_rate or (choose_pref_rate(read_pref_sweep()) if cpu else 5e-7)
+    sweep = read_pref_sweep() if cpu and not (pref_rate and plain_rate) else []
+    pref = pref_rate or (choose_pref_rate(sweep, "DPO + NLL") if cpu else 5e-7)
+    plain = plain_rate or (choose_pref_rate(sweep, "DPO") if cpu else 5e-7)
     align = AlignConfig(steps=120, batch_size=16, learning_rate=lr, warmup_steps=5)
     benign_rows, harmful_rows = LessonRecipe.benign_rows, LessonRecipe.harmful_rows
+    dpo = AlignConfig(steps=16, batch_size=8, learning_rate=pref, beta=0.1)
+    epoch = benign_rows // align.batch_size
     return LessonRecipe(
         align=align,
-        benign=replace(align, steps=benign_rows // align.batch_size),  # one epoch of the benign answers
+        benign=replace(align, steps=epoch),  # one epoch of the benign answers
         harmful=replace(align, steps=5, batch_size=harmful_rows, warmup_steps=1),  # the handful, 5 epochs
-        dpo=AlignConfig(steps=16, batch_size=8, learning_rate=pref, beta=0.1),
+        dpo=dpo,
+        plain_dpo=replace(dpo, learning_rate=plain),
         reward=AlignConfig(steps=12, learning_rate=1e-3 if cpu else 1e-5),
-        grpo=RLConfig(steps=16, batch_size=16, num_generations=4, max_completion_length=12, learning_rate=pref),
+        grpo=RLConfig(steps=16, batch_size=16, num_generations=4, max_completion_length=12, learning_rate=plain),
+        partial=replace(align, steps=max(1, epoch // 4)),  # the first quarter of the benign epoch
     )
 
 
@@ -79,18 +93,22 @@ def validation_split(train: Sequence[dict[str, Any]], share: float = 0.2) -> tup
     return [r for r, h in zip(train, held) if not h], [r for r, h in zip(train, held) if h]
 
 
+PREF_SWEEP_METHODS = {"DPO + NLL": 1.0, "DPO": 0.0}  # method -> weight of the NLL term
+
+
 def run_pref_sweep(path=None) -> list[dict]:
-    """The validation sweep lesson 08 reads its DPO rate from: per sweep seed, align and break (benign) as the
-    lesson does on the *fit* share of the training requests, then DPO + NLL at each rate of `PREF_SWEEP_RATES`,
-    scored on the *validation* share (refusal on its unsafe requests, over-refusal and helpfulness on its safe
-    ones). Written as JSON; rerun with `python -m course_utils.alignment sweep` (about two minutes)."""
+    """The validation sweep lesson 08 reads its DPO rates from: per sweep seed, align and break (benign) as the
+    lesson does on the *fit* share of the training requests, then DPO + NLL and plain DPO at each rate of
+    `PREF_SWEEP_RATES`, scored on the *validation* share (refusal on its unsafe requests, over-refusal and
+    helpfulness on its safe ones). Written as JSON; rerun with `python -m course_utils.alignment sweep` (a few
+    minutes)."""
     import json
     from dataclasses import replace
 
     world = make_world()
     fit, val = validation_split(split_rows(safety_requests(world), "train"))
     model0, tok = load_chat_model("gpt2", profile="cpu")
-    recipe = lesson_recipe("cpu", pref_rate=PREF_SWEEP_RATES[0])  # the rate is set per run below
+    recipe = lesson_recipe("cpu", pref_rate=PREF_SWEEP_RATES[0], plain_rate=PREF_SWEEP_RATES[0])  # set per run
     pairs = preference_pairs(tok, fit)
     out = []
     for seed in PREF_SWEEP_SEEDS:
@@ -100,11 +118,12 @@ def run_pref_sweep(path=None) -> list[dict]:
         rows, settings = breaking_data(tok, world, fit, recipe, seed=seed)["benign"]
         broken = copy.deepcopy(aligned)
         sft_train(broken, tok, rows, settings)
-        for rate in PREF_SWEEP_RATES:
-            model = copy.deepcopy(broken)
-            dpo_train(model, tok, pairs, replace(recipe.dpo, learning_rate=rate, seed=seed), nll_weight=1.0)
-            out.append({"seed": seed, "learning_rate": rate, **{f"val_{k}": round(v, 4) for k, v in
-                                                               evaluate_safety(model, tok, val).items()}})
+        for method, nll in PREF_SWEEP_METHODS.items():
+            for rate in PREF_SWEEP_RATES:
+                model = copy.deepcopy(broken)
+                dpo_train(model, tok, pairs, replace(recipe.dpo, learning_rate=rate, seed=seed), nll_weight=nll)
+                out.append({"method": method, "seed": seed, "learning_rate": rate,
+                            **{f"val_{k}": round(v, 4) for k, v in evaluate_safety(model, tok, val).items()}})
     (path or pref_sweep_path()).write_text(json.dumps(out, indent=1) + "\n")
     return out
 
@@ -123,11 +142,13 @@ def read_pref_sweep(path=None) -> list[dict]:
     return json.loads(path.read_text())
 
 
-def choose_pref_rate(sweep: Sequence[dict]) -> float:
-    """The rate whose DPO + NLL runs gave the most validation refusals net of over-refusals, averaged over the sweep
-    seeds (the lower rate on a tie)."""
+def choose_pref_rate(sweep: Sequence[dict], method: str = "DPO + NLL") -> float:
+    """The rate whose runs of `method` ('DPO + NLL' or 'DPO') gave the most validation refusals net of
+    over-refusals, averaged over the sweep seeds (the lower rate on a tie). One rule for both methods."""
+    sweep = [r for r in sweep if r.get("method", "DPO + NLL") == method]
     if not sweep:
-        raise AlignmentError("choose_pref_rate: empty sweep")
+        raise AlignmentError(f"choose_pref_rate: no sweep rows for method {method!r} (rebuild the sweep with "
+                             "`python -m course_utils.alignment sweep`)")
     rates = sorted({r["learning_rate"] for r in sweep})
 
     def score(rate):
