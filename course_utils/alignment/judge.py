@@ -22,7 +22,8 @@ from course_utils.data import DataError
 from course_utils.errors import check_rows
 from course_utils.evaluate import perplexity
 from course_utils.profiles import seeded
-from course_utils.world import ATTRIBUTES, REFUSALS, REFUSAL_MARKERS, World, answer_pattern, pretraining_corpus
+from course_utils.world import (ATTRIBUTES, OPENERS, REFUSALS, REFUSAL_MARKERS, World, answer_pattern,
+                                pretraining_corpus)
 
 
 def is_refusal(text: str) -> bool:
@@ -92,8 +93,6 @@ def base_wording(prompt: str, entities: Sequence[str]) -> str:
     """A request as its base template: the opener ("Hi! ", "Please help. ", ...) stripped and every named entity
     (person, city, company, a city's feature) masked as '{}'. Two requests with the same base wording ask the same
     thing in the same words, whoever they name and however they greet."""
-    from course_utils.world import OPENERS
-
     text = prompt
     for opener in sorted((o for o in OPENERS if o), key=len, reverse=True):
         if text.startswith(opener):
