@@ -9,6 +9,7 @@ lesson module never imports another lesson module (what two lessons share lives 
     paths      where the repository, shipped data, models and run outputs live
     data       JSONL files in and out, with errors that name the file and line
     profiles   `setup()`: cpu or gpu profile, the one device helper (`place`), seeds, offline guard, report
+    parallel   independent runs side by side: one worker process per free core, one torch thread each
     results    each lesson's saved table, in one documented format
     tokenizer  the course's byte-level BPE tokenizer
     text       text to ids: BOS/EOS conventions, chat prompts, padding, device placement

@@ -31,7 +31,7 @@ import random
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from course_utils.classify import (ClassifierConfig, load_classifier, out_of_fol
                                    tokenize_labelled, train_classifier)
 from course_utils.data import DataError
 from course_utils.errors import check_rate, check_rows
+from course_utils.parallel import run_in_processes
 from course_utils.profiles import env_choice, seed_everything
 from course_utils.text import encode, model_device, pad_batch
 from course_utils.train import quiet, with_finite_guard
@@ -304,6 +305,19 @@ def train_and_measure(train_rows: Sequence[dict[str, Any]], probe: BiasProbe, va
         train_adversarial(model, tok, train_rows, probe.attribute, values, config, adversary_weight=adversary_weight,
                           group_value=probe.group_value, max_steps=steps)
     return evaluate_bias(model, tok, probe)
+
+
+def train_all(plan: Sequence[tuple[int, str, Sequence[dict[str, Any]], float | None]],
+              probes: Mapping[int, BiasProbe], values: Sequence[str], steps: int, configs: Mapping[int, Any],
+              family: str = "gpt2", workers: int | None = None) -> list[dict[str, Any]]:
+    """`train_and_measure` for every (seed, method name, training rows, adversary weight or None) in `plan`, side
+    by side on the free cores (`parallel.run_in_processes`); one row per run: seed, method, training rows and its
+    scores on `probes[seed]`. Each run seeds itself, so the numbers do not depend on where it ran."""
+    tasks = [(rows, probes[seed], tuple(values), family, steps, configs[seed], weight, seed)
+             for seed, _, rows, weight in plan]
+    scores = run_in_processes(train_and_measure, tasks, workers, desc="seeds x methods")
+    return [{"seed": seed, "method": name, "training rows": len(rows), **score}
+            for (seed, name, rows, _), score in zip(plan, scores)]
 
 
 def constant_baseline(probe: BiasProbe, label_key: str = "label") -> dict[str, float]:

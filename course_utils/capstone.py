@@ -106,7 +106,14 @@ def record_sources(records: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Problem:
-    """One row of the course table: a problem, the number that showed it, a mitigation and the number it reached."""
+    """One row of the course table: a problem, the number that showed it, a mitigation and the number it reached,
+    and the lesson's declared claim that decides whether the mitigation helped.
+
+    `claim` names the lesson's claim that says the mitigation works (a negative or positive control beside it);
+    its verdict, not the two numbers, fills the "improved?" column. Where the lesson makes no such claim,
+    `unclaimed` says why (a tautology, a comparison that is not a mitigation, a finding without a fix), and the row
+    says so instead of "yes".
+    """
 
     problem: str
     symptom: str
@@ -114,57 +121,84 @@ class Problem:
     mitigation: str
     mitigation_metric: Metric
     better: str = "lower"  # "lower" or "higher": which way the measure improves
+    claim: str = ""
+    unclaimed: str = ""
+
+    def __post_init__(self):
+        if bool(self.claim) == bool(self.unclaimed):
+            raise CapstoneError(f"Problem {self.mitigation!r}: name the lesson's claim about the mitigation, or say "
+                                "why there is none (unclaimed=...), not both")
 
 
 L01, L02, L03, L04 = "01_compute_full_vs_peft", "02_catastrophic_forgetting", "03_data_quality", "04_noise_study"
 L05, L06, L07, L08 = "05_overfitting", "06_what_finetuning_changes", "07_bias_and_debiasing", "08_alignment_break_and_restore"
 
+PENDING = "lesson {} is being moved onto claims with controls; its claim is named here when it lands"
 PROBLEMS: tuple[Problem, ...] = (
     Problem("compute cost", "full FT: gradient + optimizer memory (MB, mean over families)",
             Metric(L01, "grads+optimizer MB", {"method": "full"}),
-            "LoRA: gradient + optimizer memory (MB)", Metric(L01, "grads+optimizer MB", {"method": "lora"})),
-    Problem("compute cost", "full FT: measured peak memory of a training step, one sequence (MB, Llama)",
-            Metric(L01, "peak MB (batch 1)", {"method": "full", "family": "llama"}),
-            "LoRA: measured peak memory of a training step, one sequence (MB, Llama)",
-            Metric(L01, "peak MB (batch 1)", {"method": "lora", "family": "llama"})),
+            "LoRA: gradient + optimizer memory (MB)", Metric(L01, "grads+optimizer MB", {"method": "lora"}),
+            unclaimed=PENDING.format("01")),
     Problem("catastrophic forgetting", "naive FT: old-fact recall lost at matched learning",
             Metric(L02, "forgot@target", {"method": "naive"}),
-            "EWC (mean over the lambda sweep): old-fact recall lost", Metric(L02, "forgot@target", {"method": "ewc"})),
+            "a lower learning rate (half): old-fact recall lost", Metric(L02, "forgot@target", {"method": "lower lr"}),
+            claim="a lower learning rate forgets less"),
     Problem("catastrophic forgetting", "naive FT: old-fact recall lost at matched learning",
             Metric(L02, "forgot@target", {"method": "naive"}),
-            "rehearsal 25 %: old-fact recall lost", Metric(L02, "forgot@target", {"method": "rehearsal",
-                                                                                  "setting": "25% old"})),
+            "rehearsal (share chosen on validation): old-fact recall lost",
+            Metric(L02, "forgot@target", {"method": "rehearsal", "chosen on validation": True}),
+            claim="rehearsal forgets less"),
+    Problem("catastrophic forgetting", "naive FT: old-fact recall lost at matched learning",
+            Metric(L02, "forgot@target", {"method": "naive"}),
+            "EWC (lambda chosen on validation): old-fact recall lost",
+            Metric(L02, "forgot@target", {"method": "ewc", "chosen on validation": True}), claim="EWC forgets less"),
     Problem("data quality", "accuracy after training on the corrupted set",
             Metric(L03, "accuracy", {"training set": "corrupted"}),
             "accuracy after the cleaning pipeline", Metric(L03, "accuracy", {"training set": "cleaned (all steps)"}),
-            better="higher"),
-    Problem("data quality (label errors)", "precision of a random flagger",
-            Metric(L03, "precision", contains={"training set": "random"}),
+            better="higher", claim="cleaning beats training on the corrupted set"),
+    Problem("data quality (label errors)", "precision of a random flagger of the same size",
+            Metric(L03, "precision", {"training set": "detector: random flagger (expected)"}),
             "precision of confident learning (cleanlab)",
-            Metric(L03, "precision", contains={"training set": "confident learning"}), better="higher"),
-    Problem("overfitting", "no mitigation: rise of validation loss above its minimum",
-            Metric(L05, "rise", {"setting": "no mitigation"}),
-            "early stopping: rise of the kept checkpoint's validation loss", Metric(L05, "rise", {"setting": "early stopping"})),
-    Problem("overfitting", "no mitigation: train/validation loss gap", Metric(L05, "gap", {"setting": "no mitigation"}),
-            "dropout 0.3: train/validation loss gap", Metric(L05, "gap", {"setting": "dropout 0.3"})),
-    Problem("bias", "skewed data: held-out counterfactual gap", Metric(L07, "gap", {"method": "skewed (no fix)"}),
-            "counterfactual augmentation: held-out counterfactual gap",
-            Metric(L07, "gap", {"method": "counterfactual augmentation"})),
+            Metric(L03, "precision", {"training set": "detector: confident learning (cleanlab)"}), better="higher",
+            claim="confident learning beats a random flagger"),
     Problem("noisy labels", "40 % label noise: QA F1 lost against clean training",
             Metric(L04, "drop", {"noise": "label", "rate": 0.4}),
-            "40 % typo noise instead (input noise, answers right): QA F1 lost",
-            Metric(L04, "drop", {"noise": "typo", "rate": 0.4})),
+            "(no mitigation: lesson 04 measures which noise costs most) 40 % typo noise: QA F1 lost",
+            Metric(L04, "drop", {"noise": "typo", "rate": 0.4}),
+            unclaimed="not a mitigation: typo noise is another kind of damage, shown for comparison"),
+    Problem("overfitting", "no mitigation: rise of validation loss above its minimum",
+            Metric(L05, "rise", {"setting": "no mitigation"}),
+            "early stopping: rise of the kept checkpoint's validation loss",
+            Metric(L05, "rise", {"setting": "early stopping"}),
+            unclaimed="a tautology: early stopping keeps the validation minimum, so its rise is 0 by construction "
+                      "(lesson 05 uses it as the overfitting claim's negative control)"),
+    Problem("overfitting", "no mitigation: train/validation loss gap", Metric(L05, "gap", {"setting": "no mitigation"}),
+            "dropout 0.3: train/validation loss gap", Metric(L05, "gap", {"setting": "dropout 0.3"}),
+            claim="dropout narrows the gap beyond under-training"),
+    Problem("overfitting", "no mitigation: biography accuracy on test people",
+            Metric(L05, "biography accuracy", {"setting": "no mitigation"}),
+            "dropout 0.3: biography accuracy on test people",
+            Metric(L05, "biography accuracy", {"setting": "dropout 0.3"}), better="higher",
+            claim="dropout improves the task"),
     Problem("new knowledge", "LoRA: new-fact recall after instruction tuning (same steps as full FT)",
             Metric(L06, "new-fact recall (same steps)", {"method": "lora"}),
             "full fine-tuning: new-fact recall", Metric(L06, "new-fact recall (same steps)", {"method": "full"}),
-            better="higher"),
+            better="higher", unclaimed=PENDING.format("06")),
+    Problem("bias", "skewed data: held-out counterfactual gap", Metric(L07, "gap", {"method": "skewed (no fix)"}),
+            "counterfactual augmentation: held-out counterfactual gap",
+            Metric(L07, "gap", {"method": "counterfactual augmentation"}),
+            claim="counterfactual augmentation removes the held-out gap"),
+    Problem("bias", "skewed data: held-out counterfactual gap", Metric(L07, "gap", {"method": "skewed (no fix)"}),
+            "balancing the labels per company: held-out counterfactual gap", Metric(L07, "gap", {"method": "balanced"}),
+            claim="balancing removes the held-out gap"),
     Problem("alignment", "benign fine-tuning: refusal rate on unsafe requests",
             Metric(L08, "refusal", {"stage": "benign"}),
-            "plain DPO on the broken model: refusal rate", Metric(L08, "refusal", {"stage": "DPO"}), better="higher"),
+            "plain DPO on the broken model: refusal rate", Metric(L08, "refusal", {"stage": "DPO"}), better="higher",
+            unclaimed=PENDING.format("08")),
     Problem("alignment", "benign fine-tuning: refusal rate on unsafe requests",
             Metric(L08, "refusal", {"stage": "benign"}),
             "DPO + NLL on the chosen answers: refusal rate", Metric(L08, "refusal", {"stage": "DPO + NLL"}),
-            better="higher"),
+            better="higher", unclaimed=PENDING.format("08")),
 )
 
 
@@ -177,14 +211,37 @@ def problems_table(records: Mapping[str, Mapping[str, Any]], problems: Sequence[
 
     rows = []
     for p in problems:
-        measured, mitigated = p.symptom_metric.read(records), p.mitigation_metric.read(records)
-        known = not (math.isnan(measured) or math.isnan(mitigated))
+        record = records.get(p.mitigation_metric.lesson)
         rows.append({"problem": p.problem, "lesson": p.symptom_metric.lesson.split("_")[0],
-                     "what it looked like here": p.symptom, "measured": measured,
-                     "mitigation": p.mitigation, "mitigated": mitigated,
-                     "improved?": ("yes" if improved(p, measured, mitigated) else "no") if known else "not run yet",
-                     "the lesson's evidence": evidence(records.get(p.symptom_metric.lesson))})
+                     "what it looked like here": p.symptom, "measured": p.symptom_metric.read(records),
+                     "mitigation": p.mitigation, "mitigated": p.mitigation_metric.read(records),
+                     "improved?": improved(p, record), "the lesson's evidence": evidence(record)})
     return pd.DataFrame(rows)
+
+
+def claim_record(record: Mapping[str, Any] | None, claim: str) -> Mapping[str, Any] | None:
+    """The saved verdict row of the lesson's claim called `claim`, None if the record has no such claim."""
+    return next((c for c in (record or {}).get("claims") or [] if c.get("claim") == claim), None)
+
+
+IMPROVED = {"held": "yes", "not reproduced": "no"}   # a claim that the mitigation works, and its verdict
+
+
+def improved(problem: Problem, record: Mapping[str, Any] | None) -> str:
+    """Did the mitigation help? "yes" only when the lesson's declared claim that it works held over the seeds, with
+    its control beside it; "no" when that claim did not reproduce; the verdict itself when undecided or the
+    control could not tell; and, where the lesson makes no claim about it, "not claimed" and why. Two numbers
+    moving the right way are never enough: one seed's noise, a tautology or a mitigation that loses the task can
+    all do that."""
+    if record is None:
+        return "not run yet"
+    if not problem.claim:
+        return f"not claimed: {problem.unclaimed}"
+    row = claim_record(record, problem.claim)
+    if row is None:
+        return f"not in this record: the lesson's claim {problem.claim!r} (rerun the lesson)"
+    verdict = str(row.get("verdict", ""))
+    return f"{IMPROVED.get(verdict, verdict)} ('{problem.claim}': {verdict})"
 
 
 def evidence(record: Mapping[str, Any] | None) -> str:
@@ -207,13 +264,6 @@ def scoreboard(records: Mapping[str, Mapping[str, Any]]):
     import pandas as pd
 
     return pd.DataFrame(scoreboard_rows(records), columns=SCOREBOARD_COLUMNS)
-
-
-def improved(problem: Problem, measured: float, mitigated: float) -> bool:
-    """Did the mitigation's measured number beat the problem's, in the direction the measure improves?"""
-    if problem.better not in ("lower", "higher"):
-        raise CapstoneError(f"Problem.better must be 'lower' or 'higher', got {problem.better!r}")
-    return mitigated < measured if problem.better == "lower" else mitigated > measured
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -303,6 +353,10 @@ def choose_recipe(resources: Resources, task: TaskSpec, records: Mapping[str, Ma
             reasons.append(f"full FT does not fit; LoRA needs about {lora_gb:.3g} GB of "
                            f"{resources.memory_gb:g} GB")
         method = fitting_method(resources.model_params, resources.memory_gb, "lora", ratio)  # LoRA, else QLoRA
+        if method == "qlora" and resources.gpu_gb <= 0:
+            raise CapstoneError(f"no method this machine can run fits: LoRA needs about {lora_gb:.3g} GB of "
+                                f"{resources.memory_gb:g} GB of RAM, and QLoRA's 4-bit base needs a CUDA GPU "
+                                "(bitsandbytes); use a smaller model, more memory or a GPU")
         if method != "lora":
             qlora_gb = needed_gb(resources.model_params, "qlora")
             if method is None:
@@ -312,12 +366,8 @@ def choose_recipe(resources: Resources, task: TaskSpec, records: Mapping[str, Ma
                            f"base) needs about {qlora_gb:.3g} GB")
     rehearsal = 0.0
     if task.keep_old_knowledge and method == "full":
-        naive = Metric(L02, "forgot@target", {"method": "naive"}).read(records)
-        rehearsed = Metric(L02, "forgot@target", {"method": "rehearsal", "setting": "25% old"}).read(records)
-        if not math.isnan(naive) and rehearsed < naive:
-            rehearsal = 0.25
-            reasons.append(f"keep old knowledge: rehearsal 25 % lost {rehearsed:.3f} of old recall vs {naive:.3f} "
-                           f"naive (lesson 02)")
+        rehearsal, why = replay_share(records)
+        reasons.append(why)
     early = False
     if task.n_examples < small_data:
         rise = Metric(L05, "rise", {"setting": "no mitigation"}).read(records)
@@ -336,6 +386,29 @@ def choose_recipe(resources: Resources, task: TaskSpec, records: Mapping[str, Ma
                        f"(lesson 08); afterwards plain DPO reached {dpo:.2f} and DPO + NLL {rpo:.2f}, so re-check "
                        f"and restore with {'DPO + NLL' if rpo > dpo else 'DPO'}")
     return Recipe(method, rehearsal, early, task.needs_safety, reasons)
+
+
+def replay_share(records: Mapping[str, Mapping[str, Any]]) -> tuple[float, str]:
+    """The replay share the recipe uses, read from lesson 02: the share its validation people chose most often over
+    the seeds, used only if its claim "rehearsal forgets less" held there (with its control); else none. Returns
+    (share, the reason with the numbers behind it)."""
+    from collections import Counter
+
+    claim = claim_record(records.get(L02), "rehearsal forgets less")
+    table = (records.get(L02) or {}).get("table") or []
+    chosen = [r["setting"] for r in table if r.get("method") == "rehearsal" and r.get("chosen on validation")]
+    if claim is None or not chosen:
+        return 0.0, "keep old knowledge: lesson 02's record has no validated replay share, so no rehearsal"
+    if claim.get("verdict") != "held":
+        return 0.0, f"keep old knowledge: lesson 02's claim 'rehearsal forgets less' was {claim.get('verdict')}, " \
+                    "so no rehearsal"
+    setting, times = Counter(chosen).most_common(1)[0]
+    share = float(setting.split("%")[0]) / 100
+    naive = Metric(L02, "forgot@target", {"method": "naive"}).read(records)
+    kept = Metric(L02, "forgot@target", {"method": "rehearsal", "chosen on validation": True}).read(records)
+    return share, (f"keep old knowledge: lesson 02's claim 'rehearsal forgets less' held; its validation people "
+                   f"chose a replay share of {share:.0%} in {times} of {len(chosen)} seeds (old recall lost at the "
+                   f"chosen shares {kept:.3f} vs {naive:.3f} naive), so rehearsal at {share:.0%}")
 
 
 @dataclass

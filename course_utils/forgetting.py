@@ -36,7 +36,8 @@ from course_utils.config import CourseConfig, Limit
 from course_utils.errors import CourseError
 from course_utils.evaluate import knowledge_probe
 from course_utils.peft_methods import apply_lora
-from course_utils.profiles import dry_run
+from course_utils.parallel import run_in_processes
+from course_utils.profiles import dry_run, seed_torch
 from course_utils.train import ForgettingMonitor, causal_lm_trainer, rehearsal_set, tokenize_texts
 from course_utils.train import mix_rehearsal, rehearsal_count  # noqa: F401  (lesson 02 calls them as F.*)
 from course_utils.world import World, heldout_bios, replay_texts, sample_world
@@ -309,6 +310,32 @@ def run_study(base_model, tokenizer, data: ForgettingData, study: ForgettingStud
     return curves, base_row, fisher
 
 
+# One seed's runs in two halves of about equal cost (6 and 5 runs): two cores share a seed, and each half seeds its
+# own runs, so the numbers are the same however the halves are spread (`parallel.run_in_processes`).
+STUDY_PARTS = (("naive", "lower lr", "rehearsal"), ("ewc", "lora"))
+
+
+def run_studies(base_model, tokenizer, world: World, sizes: tuple[int, int, int], study: ForgettingStudyConfig,
+                seeds: Sequence[int], probe_texts: Sequence[str] = (), workers: int | None = None
+                ) -> tuple[list[dict[str, Any]], dict[int, dict[str, float]], dict[int, dict]]:
+    """`run_study` for every seed, in `STUDY_PARTS`, side by side on the free cores; returns (every curve, the base
+    model's measured row per seed, the Fisher per seed).
+
+    `sizes` = (new, validation, test) people per seed, as `forgetting_data` takes them. Each seed's data is drawn
+    here, once, so both halves of a seed see the same people.
+    """
+    tasks = [(base_model, tokenizer, forgetting_data(world, *sizes, seed=seed), study, seed, list(probe_texts), part)
+             for seed in seeds for part in STUDY_PARTS]
+    results = run_in_processes(run_study, tasks, workers, desc="seeds, two halves each")
+    curves, base_rows, fishers = [], {}, {}
+    for task, (part_curves, base_row, fisher) in zip(tasks, results):
+        curves += part_curves
+        base_rows[task[4]] = base_row
+        if fisher is not None:
+            fishers[task[4]] = fisher
+    return curves, base_rows, fishers
+
+
 def finetune(model, tokenizer, texts: Sequence[str], measure: Callable[[Any], dict[str, float]],
              config: RunConfig = RunConfig(), ewc: Mapping[str, Any] | None = None,
              label: Mapping[str, Any] = (), start: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
@@ -384,6 +411,7 @@ def run_method(base_model, tokenizer, method: str, new_texts: Sequence[str], mea
         ewc = dict(fisher=fisher, anchor=anchor_weights(model), ewc_lambda=ewc_lambda)
         setting = f"lambda={ewc_lambda:g}"
     elif method == "lora":
+        seed_torch(config.seed)  # LoRA's initial A matrices: the run's own seed, not whatever ran before it
         model = apply_lora(model, r=lora_r, mlp=lora_mlp)
         setting = f"{'attention + MLP' if lora_mlp else 'attention'}, r={lora_r}"
     label = {"method": method, "setting": setting, "lr": config.learning_rate, "seed": config.seed}

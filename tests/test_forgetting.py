@@ -340,3 +340,20 @@ def test_kept_more_at_common_learning_reads_both_runs_at_a_level_both_reached():
                                           {0: "50% unrelated"}, 0.6) == pytest.approx({0: 0.875 - 0.7})
     with pytest.raises(F.ForgettingError, match="no naive"):
         F.kept_more_at_common_learning(rehearsal, "naive", "", "rehearsal", "50% old", 0.6)
+
+
+def test_run_studies_gives_the_same_numbers_in_one_process_or_two():
+    """Each half of a seed seeds its own runs (LoRA's initial weights included), so spreading the halves over
+    worker processes cannot change a number (lesson 02 runs them side by side on two cores)."""
+    from course_utils import world as W
+
+    world = W.make_world()
+    base, tok = zoo.load("gpt2")
+    study = F.ForgettingStudyConfig(ratios=(0.5,), lambdas=(1e3,), n_fisher=4, target=0.01, steps=2, batch_size=2,
+                                    warmup_steps=0, eval_every=2)
+    probe = [r["text"] for r in W.generic_eval_text(world)][:4]
+    one = F.run_studies(base, tok, world, (2, 2, 2), study, (5,), probe, workers=1)
+    two = F.run_studies(base, tok, world, (2, 2, 2), study, (5,), probe, workers=2)
+    assert one[0] == two[0] and one[1] == two[1]
+    assert {r["method"] for r in one[0]} == {"naive", "lower lr", "rehearsal", "unrelated replay", "ewc", "lora"}
+    assert all(torch.equal(one[2][5][k], two[2][5][k]) for k in one[2][5])

@@ -114,3 +114,27 @@ def test_a_broken_lesson_is_a_failed_lesson_named_by_its_file(tmp_path, monkeypa
     results, out_dir = runner.run_lessons(runs_dir=tmp_path / "runs", keep_going=True)
     assert not results[0].passed and results[0].error.startswith("02_broken.ipynb: cannot be read as a notebook")
     assert json.loads((out_dir / "benchmark.json").read_text())[0]["lesson"] == "02_broken"
+
+
+def test_write_makes_this_runs_record_the_shipped_reference_and_nothing_older(tmp_path):
+    """Stored outputs and reference results come from one run (issue 36): `course run --write` copies the record a
+    passing lesson saved in this run over its reference record, and leaves lessons without one (00, 09) alone."""
+    import os
+    import time
+
+    reference, results = tmp_path / "reference", tmp_path / "runs" / "results"
+    reference.mkdir()
+    results.mkdir(parents=True)
+    (reference / "02_x.json").write_text('{"old": 1}')
+    (results / "02_x.json").write_text('{"new": 2}')
+    (results / "09_y.json").write_text('{"new": 9}')
+    since = time.time() - 5
+    assert runner.store_reference("02_x", tmp_path / "runs", since, reference)
+    assert json.loads((reference / "02_x.json").read_text()) == {"new": 2}
+    assert not runner.store_reference("09_y", tmp_path / "runs", since, reference)
+    assert not (reference / "09_y.json").exists()
+    os.utime(results / "02_x.json", (since - 60, since - 60))  # saved by an earlier run: not this run's record
+    (results / "02_x.json").write_text('{"stale": 0}')
+    os.utime(results / "02_x.json", (since - 60, since - 60))
+    assert not runner.store_reference("02_x", tmp_path / "runs", since, reference)
+    assert json.loads((reference / "02_x.json").read_text()) == {"new": 2}

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from course_utils.errors import CourseError
-from course_utils.paths import NOTEBOOKS_DIR, REPO_DIR, RUNS_DIR
+from course_utils.paths import NOTEBOOKS_DIR, REFERENCE_RESULTS_DIR, REPO_DIR, RUNS_DIR
 
 
 BUDGET_SECONDS = 150   # each lesson, with its seeds, on 2 quiet CPU cores ...
@@ -403,6 +403,22 @@ def is_solutions(lesson: str) -> bool:
     return lesson.endswith("_solutions")
 
 
+def store_reference(lesson: str, runs_dir: Path, since: float, reference_dir: Path | None = None) -> bool:
+    """With `course run --write`: the record a passing lesson saved in this run becomes its shipped reference record
+    (`data_samples/reference_results/<lesson>.json`, which the capstone, `course report` and the site read on a
+    fresh clone), so the stored notebooks and the reference run are always one run. Only lessons that ship a
+    reference record (01-08) and only a record written after `since` (this run's, not an older one). True if
+    copied."""
+    from course_utils.results import write_atomic
+
+    reference_dir = Path(REFERENCE_RESULTS_DIR if reference_dir is None else reference_dir)
+    record, target = Path(runs_dir) / "results" / f"{lesson}.json", reference_dir / f"{lesson}.json"
+    if not target.exists() or not record.exists() or record.stat().st_mtime < since:
+        return False
+    write_atomic(target, record.read_text(encoding="utf-8"))
+    return True
+
+
 def run_lessons(selected: Sequence[str] = (), write: bool = False, runs_dir: Path | None = None,
                 keep_going: bool = False, environ: Mapping[str, str] | None = None, solutions: bool = False
                 ) -> tuple[list[LessonResult], Path]:
@@ -410,7 +426,8 @@ def run_lessons(selected: Sequence[str] = (), write: bool = False, runs_dir: Pat
 
     Stops at the first failing lesson (naming it and its cell) unless `keep_going`; a notebook that cannot be
     read is a failed lesson naming the file. With `write`, the executed notebooks replace the committed ones, so
-    a reader on GitHub sees the cpu-profile tables and plots. benchmark.json is rewritten after every lesson, so
+    a reader on GitHub sees the cpu-profile tables and plots, and each lesson's saved record becomes its shipped
+    reference record (`store_reference`): both from the same run. benchmark.json is rewritten after every lesson, so
     Ctrl-C loses only the lesson it interrupted: it ends in one line and `RunInterrupted` (exit code 130).
     `environ` adds variables to the kernels' environment (a gpu rehearsal's, for example). With `solutions`,
     each lesson's solutions notebook runs right after it (and is stored too, with `write`).
@@ -430,11 +447,13 @@ def run_lessons(selected: Sequence[str] = (), write: bool = False, runs_dir: Pat
         for path in bar:
             current = path.stem
             bar.set_postfix_str(current)
+            started = time.time()
             result, nb = _run_one(path, env, out_dir / "kernels.log")
             if nb is not None:
                 _write_notebook(nb, out_dir / "executed" / path.name)
                 if write and result.passed:
                     _write_notebook(outputs_for_readers(nb), path)
+                    store_reference(path.stem, runs_dir, started)
             results.append(result)
             _save_table(results, out_dir)
             if not result.passed and not keep_going:
