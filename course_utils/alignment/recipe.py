@@ -8,11 +8,11 @@ Used in lessons: 08
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from course_utils.alignment.data import aligned_sft_rows, benign_sft_rows, harmful_sft_rows, preference_pairs
-from course_utils.alignment.judge import evaluate_safety, split_rows
+from course_utils.alignment.judge import evaluate_safety, sampled_refusal_rate, split_rows
 from course_utils.alignment.models import AlignmentError, load_chat_model
 from course_utils.alignment.trainers import AlignConfig, RLConfig, dpo_train, sft_train
 from course_utils.paths import DATA_DIR
@@ -32,8 +32,9 @@ class LessonRecipe:
       at its own validated rate;
     - `reward` and `grpo`: the reward model (a fresh one-output head) and the RL step, at plain DPO's rate (the
       rate of a preference step that keeps the model's language; at DPO + NLL's rate GRPO wrecks it);
-    - `partial`: a partly broken checkpoint (the first quarter of the benign epoch), which still samples refusals:
-      where GRPO has something to reinforce (its positive control).
+    - `partial`: the benign break's settings for a partly broken checkpoint, where GRPO has something to reinforce
+      (its positive control); how many steps it runs is chosen per run by `partial_break` (at most a quarter of
+      the benign epoch).
     """
 
     align: AlignConfig
@@ -54,8 +55,6 @@ def lesson_recipe(profile: str | None = None, pref_rate: float | None = None,
     """The settings lesson 08 runs with: the tiny Q/A base (cpu) or Qwen2-0.5B-Instruct (gpu, the published
     rates: SFT 1e-5, DPO 5e-7). On the cpu profile DPO + NLL and plain DPO each run at the rate the shipped
     validation sweep chose for that method (`read_pref_sweep`), unless `pref_rate` / `plain_rate` is given."""
-    from dataclasses import replace
-
     cpu = choose_profile(profile) == "cpu"
     lr = 2e-3 if cpu else 1e-5
     sweep = read_pref_sweep() if cpu and not (pref_rate and plain_rate) else []
@@ -73,8 +72,40 @@ def lesson_recipe(profile: str | None = None, pref_rate: float | None = None,
         plain_dpo=replace(dpo, learning_rate=plain),
         reward=AlignConfig(steps=12, learning_rate=1e-3 if cpu else 1e-5),
         grpo=RLConfig(steps=16, batch_size=16, num_generations=4, max_completion_length=12, learning_rate=plain),
-        partial=replace(align, steps=max(1, epoch // 4)),  # the first quarter of the benign epoch
+        partial=replace(align, steps=max(1, epoch // 4)),  # at most the first quarter of the benign epoch
     )
+
+
+# ------------------------------------------------------------------------------- GRPO's positive control
+# benign steps tried for the partly broken checkpoint, most first; not 1: under the aligning recipe's warm-up the
+# first step runs at learning rate 0, so one step leaves the aligned model as it was
+PARTIAL_STEPS = (6, 5, 4, 3, 2)
+PARTIAL_FLOOR = 0.2  # the sampled refusal rate a checkpoint needs for GRPO to have refusals to reinforce
+
+
+def partial_break(aligned, tokenizer, data: Sequence[dict[str, str]], settings: AlignConfig,
+                  unsafe_requests: Sequence[str], steps: Sequence[int] = PARTIAL_STEPS,
+                  floor: float = PARTIAL_FLOOR, samples: int = 2) -> tuple[Any, int, dict[int, float]]:
+    """A partly broken checkpoint that still *samples* refusals: GRPO's positive control starts from it.
+
+    The rule, fixed before any run: try the benign break for each number of `steps` in turn, most first, each time
+    from a fresh copy of `aligned`, and keep the first (the most broken) whose sampled refusal rate on
+    `unsafe_requests` (`sampled_refusal_rate`, seeded with `settings.seed`) is at least `floor`. How fast a model
+    breaks varies from seed to seed: on one seed six benign steps leave refusals to sample, on another they are
+    already gone, and a control that starts where GRPO cannot find a refusal could not show that GRPO moves
+    refusals when it finds them. If no candidate reaches the floor, the last (least broken) is kept.
+    Returns (the checkpoint, its number of steps, the sampled refusal rate of every candidate tried).
+    """
+    if not steps or any(n < 1 for n in steps):
+        raise AlignmentError(f"partial_break: steps must be positive step counts, got {list(steps)}")
+    tried: dict[int, float] = {}
+    for n in steps:
+        model = copy.deepcopy(aligned)
+        sft_train(model, tokenizer, data, replace(settings, steps=n))
+        tried[n] = sampled_refusal_rate(model, tokenizer, unsafe_requests, samples=samples, seed=settings.seed)
+        if tried[n] >= floor:
+            break
+    return model, n, tried
 
 
 # ---------------------------------------------------------------------------------------- choosing DPO's rate
@@ -103,8 +134,6 @@ def run_pref_sweep(path=None) -> list[dict]:
     helpfulness on its safe ones). Written as JSON; rerun with `python -m course_utils.alignment sweep` (a few
     minutes)."""
     import json
-    from dataclasses import replace
-
     world = make_world()
     fit, val = validation_split(split_rows(safety_requests(world), "train"))
     model0, tok = load_chat_model("gpt2", profile="cpu")
@@ -163,8 +192,6 @@ def breaking_data(tokenizer, world: World, train: Sequence[dict[str, Any]], reci
     """Lesson 08's two breaks, as (SFT rows, settings) by kind: 'benign' (one epoch of instructions about people the
     model knows, `world.untested_people`) and 'harmful' (a handful of unsafe training requests answered compliantly).
     """
-    from dataclasses import replace
-
     benign = benign_sft_rows(tokenizer, world, n=recipe.benign_rows, seed=seed, people=untested_people(world))
     harmful = harmful_sft_rows(tokenizer, train, n=recipe.harmful_rows, seed=seed)
     return {"benign": (benign, replace(recipe.benign, seed=seed)),
