@@ -80,7 +80,9 @@ def lesson_recipe(profile: str | None = None, pref_rate: float | None = None,
 # benign steps tried for the partly broken checkpoint, most first; not 1: under the aligning recipe's warm-up the
 # first step runs at learning rate 0, so one step leaves the aligned model as it was
 PARTIAL_STEPS = (6, 5, 4, 3, 2)
-PARTIAL_FLOOR = 0.2  # the sampled refusal rate a checkpoint needs for GRPO to have refusals to reinforce
+# the sampled refusal rate a checkpoint needs for GRPO to have refusals to reinforce: GRPO samples 4 answers per
+# request, so more than half of its groups (1 - 0.8 ** 4 = 0.59) then hold a refusal to push up
+PARTIAL_FLOOR = 0.2
 
 
 def partial_break(aligned, tokenizer, data: Sequence[dict[str, str]], settings: AlignConfig,
