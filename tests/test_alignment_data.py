@@ -50,6 +50,18 @@ def test_preference_pairs_prefer_refusals_only_on_unsafe_requests(tokenizer, sma
         assert A.is_refusal(pair["rejected"]) == pair["safe"]
 
 
+def test_heldout_wording_pairs_use_answers_no_training_pair_uses(tokenizer, small, rows):
+    train, _ = small
+    held = A.preference_pairs(tokenizer, train, heldout_wording=True)
+    seen = {t for p in A.preference_pairs(tokenizer, A.split_rows(rows, "train")) for t in (p["chosen"], p["rejected"])}
+    for pair in held:
+        assert A.is_refusal(pair["chosen"]) != pair["safe"] and A.is_refusal(pair["rejected"]) == pair["safe"]
+        refusal_or_compliance = [pair["rejected"]] if pair["safe"] else [pair["chosen"], pair["rejected"]]
+        assert not set(refusal_or_compliance) & seen  # the wording is new; only the safe side's fact answers repeat
+    unsafe = [p for p, r in zip(held, train) if not r["safe"]]
+    assert all(A.complies(r["category"], p["rejected"]) for p, r in zip(held, train) if not r["safe"]) and unsafe
+
+
 def test_check_pairs_rejects_bad_rows():
     good = {"prompt": "p", "chosen": "a", "rejected": "b"}
     A.check_pairs([good])

@@ -106,8 +106,9 @@ def test_stage_metrics_and_fluency(tokenizer, small):
 
 
 def test_shipped_safety_data_holds_out_phrasings_and_names():
-    """No test or novel request shares a prompt, a template (opener + template) or a named entity with training,
-    and the novel templates never occur in training at all (issue 19)."""
+    """No test or novel request shares a prompt or a named entity with training, and no novel request shares a base
+    template (its wording with the opener stripped and the names masked). Test requests still do: they are held out
+    by greeting and names only, and the lesson says so (issue 32 keeps the split by base template for later)."""
     from course_utils.data import read_jsonl
     from course_utils.paths import DATA_DIR
 
@@ -115,11 +116,28 @@ def test_shipped_safety_data_holds_out_phrasings_and_names():
     train = A.split_rows(rows, "train")
     for split in ("test", "novel"):
         held = A.split_rows(rows, split)
-        assert A.split_overlap(train, held) == {"prompts": [], "templates": [], "entities": []}
-        assert {r["safe"] for r in held} == {True, False}
+        shared = A.split_overlap(train, held)
+        assert not shared["prompts"] and not shared["entities"] and {r["safe"] for r in held} == {True, False}
+    assert not A.split_overlap(train, A.split_rows(rows, "novel"))["templates"]
+    assert A.split_overlap(train, A.split_rows(rows, "test"))["templates"]  # the known gap, stated in lesson 08
     base_templates = lambda rs: {r["template"].rsplit(":", 1)[0] for r in rs}  # noqa: E731
     assert not base_templates(A.split_rows(rows, "novel")) & base_templates(train)
     assert rows == W.safety_requests(W.make_world())  # the shipped file is what the generator makes
+
+
+def test_split_overlap_sees_a_new_greeting_and_new_names_as_the_same_template(rows):
+    """The split before issue 32 held test requests out by opener + template id: a training request with another
+    opener and other names. `split_overlap` reads the base wording from the text, so it counts that as shared."""
+    row = next(r for r in A.split_rows(rows, "train") if not r["safe"] and r["prompt"][0] not in "HQPI")
+    opener = W.OPENERS[1]
+    prompt = opener + row["prompt"]
+    names = {e: f"X{i}" for i, e in enumerate(row["entities"])}
+    for old, new in names.items():
+        prompt = prompt.replace(old, new)
+    held = dict(row, prompt=prompt, entities=list(names.values()), template=row["template"] + "-other-opener")
+    assert A.base_wording(held["prompt"], held["entities"]) == A.base_wording(row["prompt"], row["entities"])
+    assert A.split_overlap([row], [held])["templates"] == [A.base_wording(row["prompt"], row["entities"])]
+    assert not A.split_overlap([row], [held])["prompts"] and not A.split_overlap([row], [held])["entities"]
 
 
 def test_split_overlap_finds_leaks(rows):
@@ -135,7 +153,9 @@ def test_helpful_requests_stay_out_of_the_held_out_splits(rows):
     helpful = W.helpful_requests(world, n=240)
     assert len(helpful) == 240 and all(r["safe"] and r["split"] == "train" for r in helpful)
     for split in ("test", "novel"):
-        assert A.split_overlap(helpful, A.split_rows(rows, split)) == {"prompts": [], "templates": [], "entities": []}
+        shared = A.split_overlap(helpful, A.split_rows(rows, split))
+        assert not shared["prompts"] and not shared["entities"]
+    assert not A.split_overlap(helpful, A.split_rows(rows, "novel"))["templates"]
     assert all(W.answer_pattern(r["template"].split(":")[0]).match(r["response"]) for r in helpful)
     held = W.safety_test_entities(world)["name"]
     assert W.untested_people(world) and not {p.name for p in W.untested_people(world)} & held
@@ -160,3 +180,20 @@ def test_sampled_refusal_rate_counts_refusals_among_samples(tokenizer, small):
     assert rate == A.sampled_refusal_rate(model, tokenizer, prompts, samples=2, max_new_tokens=4)  # seeded
     with pytest.raises(A.AlignmentError, match="sampled_refusal_rate"):
         A.sampled_refusal_rate(model, tokenizer, [], samples=2)
+
+
+def test_restored_share_is_one_bar_for_every_restoration():
+    assert A.restored_share(0.9, 0.1, 0.5) == pytest.approx(0.5)
+    assert A.restored_share(0.9, 0.1, 0.1) == 0.0 and A.restored_share(0.9, 0.1, 0.9) == pytest.approx(1.0)
+    assert A.restored_share(0.9, 0.1, 0.0) < 0
+    assert np.isnan(A.restored_share(0.1, 0.1, 0.5))  # nothing was taken away: nothing to restore
+    with pytest.raises(A.AlignmentError, match="restored_share"):
+        A.restored_share(0.9, float("nan"), 0.5)
+
+
+def test_detected_compliance_sees_compliant_answers_and_not_refusals(rows):
+    unsafe = [r for r in rows if not r["safe"]][:12]
+    assert A.detected_compliance(unsafe, [A.compliant_answer(r) for r in unsafe]) == 1.0
+    assert A.detected_compliance(unsafe, [W.REFUSALS[0]] * len(unsafe)) == 0.0
+    with pytest.raises(A.AlignmentError, match="detected_compliance"):
+        A.detected_compliance(unsafe, [])

@@ -23,16 +23,18 @@ Used in lessons: 08
 
 from course_utils.alignment.constitution import (CONSTITUTION, Critique, Principle, critique_revise_pairs,
                                                  model_critic, revise, rule_critic)
-from course_utils.alignment.data import (BENIGN_INSTRUCTIONS, BENIGN_STYLES, COMPLIANCE, PAIR_FIELDS,
+from course_utils.alignment.data import (BENIGN_INSTRUCTIONS, BENIGN_STYLES, COMPLIANCE, HELDOUT_COMPLIANCE,
+                                         HELDOUT_REFUSALS, PAIR_FIELDS,
                                          aligned_sft_rows, benign_sft_rows, check_pairs, compliant_answer,
                                          harmful_sft_rows, preference_pairs, sft_rows)
-from course_utils.alignment.judge import (COMPLIANCE_SIGNS, INSTRUCTION_SIGNS, complies, evaluate_safety, fluency,
-                                          is_refusal, known_texts, safety_answers, safety_rates,
-                                          sampled_refusal_rate, split_overlap, split_rows, stage_metrics, well_formed)
+from course_utils.alignment.judge import (COMPLIANCE_SIGNS, INSTRUCTION_SIGNS, base_wording, complies,
+                                          detected_compliance, evaluate_safety, fluency, is_refusal, known_texts,
+                                          restored_share, safety_answers, safety_rates, sampled_refusal_rate,
+                                          split_overlap, split_rows, stage_metrics, well_formed)
 from course_utils.alignment.models import CHAT_MODELS, AlignmentError, chat_generate, load_chat_model
 from course_utils.alignment.plots import plot_dpo_logs, plot_stages
-from course_utils.alignment.recipe import (PREF_SWEEP_RATES, PREF_SWEEP_SEEDS, LessonRecipe, breaking_data,
-                                           choose_pref_rate, lesson_recipe, pref_sweep_path, read_pref_sweep,
+from course_utils.alignment.recipe import (PARTIAL_FLOOR, PARTIAL_STEPS, PREF_SWEEP_METHODS, PREF_SWEEP_RATES, PREF_SWEEP_SEEDS, LessonRecipe,
+                                           breaking_data, choose_pref_rate, lesson_recipe, partial_break, pref_sweep_path, read_pref_sweep,
                                            run_pref_sweep, validation_split)
 from course_utils.alignment.trainers import (DPO_LOG, AlignConfig, RLConfig, dpo_log, dpo_train, pairwise_accuracy,
                                              reward_function, reward_history, reward_scores, reward_train, rl_train,
@@ -42,14 +44,15 @@ from course_utils.text import END, end_of_turn, stop_ids
 
 __all__ = [
     "AlignConfig", "AlignmentError", "BENIGN_INSTRUCTIONS", "BENIGN_STYLES", "CHAT_MODELS", "COMPLIANCE",
-    "COMPLIANCE_SIGNS", "CONSTITUTION", "Critique", "DPO_LOG", "END", "INSTRUCTION_SIGNS", "LessonRecipe",
-    "PAIR_FIELDS", "PREF_SWEEP_RATES", "PREF_SWEEP_SEEDS", "Principle", "RLConfig", "aligned_sft_rows",
-    "benign_sft_rows", "breaking_data", "chat_generate", "check_pairs", "choose_pref_rate", "classifier_from",
-    "complies", "compliant_answer", "critique_revise_pairs", "dpo_log", "dpo_train", "end_of_turn",
+    "COMPLIANCE_SIGNS", "CONSTITUTION", "Critique", "DPO_LOG", "END", "HELDOUT_COMPLIANCE", "HELDOUT_REFUSALS",
+    "INSTRUCTION_SIGNS", "LessonRecipe", "PAIR_FIELDS", "PARTIAL_FLOOR", "PARTIAL_STEPS", "PREF_SWEEP_METHODS", "PREF_SWEEP_RATES",
+    "PREF_SWEEP_SEEDS", "Principle", "RLConfig", "aligned_sft_rows", "base_wording", "benign_sft_rows",
+    "breaking_data", "chat_generate", "check_pairs", "choose_pref_rate", "classifier_from", "compliant_answer",
+    "complies", "critique_revise_pairs", "detected_compliance", "dpo_log", "dpo_train", "end_of_turn",
     "evaluate_safety", "fluency", "harmful_sft_rows", "is_refusal", "known_texts", "lesson_recipe",
-    "load_chat_model", "model_critic", "pairwise_accuracy", "plot_dpo_logs", "plot_stages", "pref_sweep_path",
-    "preference_pairs", "read_pref_sweep", "revise", "reward_function", "reward_history", "reward_scores",
-    "reward_train", "rl_train", "rule_critic", "run_pref_sweep", "safety_answers", "safety_rates",
+    "load_chat_model", "model_critic", "pairwise_accuracy", "partial_break", "plot_dpo_logs", "plot_stages", "pref_sweep_path",
+    "preference_pairs", "read_pref_sweep", "restored_share", "revise", "reward_function", "reward_history",
+    "reward_scores", "reward_train", "rl_train", "rule_critic", "run_pref_sweep", "safety_answers", "safety_rates",
     "sampled_refusal_rate", "sft_rows", "sft_train", "split_overlap", "split_rows", "stage_metrics", "stop_ids",
     "validation_split", "well_formed",
 ]
