@@ -30,7 +30,8 @@ def _records(lora_new=0.15, naive_new=0.9, rehearsed=0.05, naive_forgot=0.15, ri
                           {"setting": "early stopping", "rise": 0.0, "gap": 0.5, "biography accuracy": stopped_acc},
                           {"setting": "dropout 0.3", "rise": 0.0, "gap": 0.4, "biography accuracy": 0.3}]},
         C.L08: {"table": [{"stage": "aligned", "refusal": 1.0}, {"stage": "benign", "refusal": 0.1},
-                          {"stage": "DPO", "refusal": 0.1}, {"stage": "DPO + NLL", "refusal": 0.9}]},
+                          {"stage": "DPO", "refusal": 0.1}, {"stage": "DPO + NLL", "refusal": 0.9},
+                          {"stage": "CAI-DPO", "refusal": 0.8}, {"stage": "RLHF", "refusal": 0.1}]},
     }
 
 

@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 
 from course_utils.errors import CourseError
 from course_utils.paths import NOTEBOOKS_DIR, REFERENCE_RESULTS_DIR, REPO_DIR, RUNS_DIR
+from course_utils.results import write_atomic
 
 
 BUDGET_SECONDS = 150   # each lesson, with its seeds, on 2 quiet CPU cores ...
@@ -409,8 +410,6 @@ def store_reference(lesson: str, runs_dir: Path, since: float, reference_dir: Pa
     fresh clone), so the stored notebooks and the reference run are always one run. Only lessons that ship a
     reference record (01-08) and only a record written after `since` (this run's, not an older one). True if
     copied."""
-    from course_utils.results import write_atomic
-
     reference_dir = Path(REFERENCE_RESULTS_DIR if reference_dir is None else reference_dir)
     record, target = Path(runs_dir) / "results" / f"{lesson}.json", reference_dir / f"{lesson}.json"
     if not target.exists() or not record.exists() or record.stat().st_mtime < since:
