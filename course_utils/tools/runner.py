@@ -321,31 +321,18 @@ def format_table(results: Sequence[LessonResult]) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and `os.replace`: a reader (or a Ctrl-C)
-    sees the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_notebook(nb, path: Path) -> None:
     """`nbformat.write`, atomically."""
     import nbformat
 
     text = nbformat.writes(nb)
-    _write_atomic(path, text if text.endswith("\n") else text + "\n")
+    write_atomic(path, text if text.endswith("\n") else text + "\n")
 
 
 def _save_table(results: Sequence[LessonResult], out_dir: Path) -> None:
     """benchmark.json and benchmark.md of the lessons run so far (rewritten after each lesson)."""
-    _write_atomic(out_dir / "benchmark.json", json.dumps([asdict(r) for r in results], indent=2) + "\n")
-    _write_atomic(out_dir / "benchmark.md", format_table(results) + "\n")
+    write_atomic(out_dir / "benchmark.json", json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    write_atomic(out_dir / "benchmark.md", format_table(results) + "\n")
 
 
 def _stamp() -> str:
